@@ -1,0 +1,45 @@
+// Strided sums. Output o (of p.n) sums over j < u0 (the reduced length) the terms
+// a[o*u1 + j*u2] (code 0) or a[..]*b[..] (code 1, row-wise dot).
+//   sum over rows:  n = cols, u0 = rows, u1 = 1,    u2 = cols
+//   sum over cols:  n = rows, u0 = cols, u1 = cols, u2 = 1
+//   sum of all:     n = 1,    u0 = len,  u1 = 0,    u2 = 1
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+fn term(o: u32, j: u32) -> f32 {
+    let k = o * p.u1 + j * p.u2;
+    if (p.code == 1u) { return a[k] * b[k]; }
+    return a[k];
+}
+
+// One thread per output: for short reductions.
+@compute @workgroup_size(256)
+fn reduce_thread(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let o = linear_id(gid, nwg);
+    if (o >= p.n) { return; }
+    var s = 0.0;
+    for (var j = 0u; j < p.u0; j++) { s += term(o, j); }
+    out[o] = s;
+}
+
+var<workgroup> partial: array<f32, 256>;
+
+// One workgroup per output (output = workgroup_id.y * num_workgroups.x + workgroup_id.x):
+// for long reductions; a tree sum keeps rounding error at O(log n).
+@compute @workgroup_size(256)
+fn reduce_group(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>) {
+    let o = wid.y * nwg.x + wid.x;
+    var s = 0.0;
+    if (o < p.n) {
+        for (var j = lid.x; j < p.u0; j += 256u) { s += term(o, j); }
+    }
+    partial[lid.x] = s;
+    workgroupBarrier();
+    for (var w = 128u; w > 0u; w >>= 1u) {
+        if (lid.x < w) { partial[lid.x] += partial[lid.x + w]; }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u && o < p.n) { out[o] = partial[0]; }
+}
