@@ -21,8 +21,13 @@ pub trait Backend {
     /// A (rows, cols) tensor filled with `value`.
     fn full(&self, rows: usize, cols: usize, value: f32) -> Result<Self::Tensor>;
     /// op(a)·op(b) where op transposes when the flag is set.
-    fn matmul(&self, a: &Self::Tensor, b: &Self::Tensor, ta: bool, tb: bool)
-        -> Result<Self::Tensor>;
+    fn matmul(
+        &self,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        ta: bool,
+        tb: bool,
+    ) -> Result<Self::Tensor>;
     /// a ∘ b with broadcasting of size-1 rows/columns.
     fn binary(&self, op: BinOp, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
     /// f⁽ᵒʳᵈᵉʳ⁾(x) elementwise.
@@ -43,8 +48,12 @@ pub trait Backend {
     /// out[i] = x[idx[i]].
     fn gather_rows(&self, x: &Self::Tensor, idx: &Self::Index) -> Result<Self::Tensor>;
     /// out (n rows): out[j] = Σ_{i: idx[i] = j} x[i]. The adjoint of `gather_rows`.
-    fn scatter_add_rows(&self, x: &Self::Tensor, idx: &Self::Index, n: usize)
-        -> Result<Self::Tensor>;
+    fn scatter_add_rows(
+        &self,
+        x: &Self::Tensor,
+        idx: &Self::Index,
+        n: usize,
+    ) -> Result<Self::Tensor>;
 }
 
 /// Random fills are not part of the differentiable vocabulary (they are constants to the
@@ -77,7 +86,13 @@ impl<B: Backend + ?Sized> Backend for &B {
     fn full(&self, rows: usize, cols: usize, value: f32) -> Result<Self::Tensor> {
         (**self).full(rows, cols, value)
     }
-    fn matmul(&self, a: &Self::Tensor, b: &Self::Tensor, ta: bool, tb: bool) -> Result<Self::Tensor> {
+    fn matmul(
+        &self,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        ta: bool,
+        tb: bool,
+    ) -> Result<Self::Tensor> {
         (**self).matmul(a, b, ta, tb)
     }
     fn binary(&self, op: BinOp, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
@@ -110,7 +125,12 @@ impl<B: Backend + ?Sized> Backend for &B {
     fn gather_rows(&self, x: &Self::Tensor, idx: &Self::Index) -> Result<Self::Tensor> {
         (**self).gather_rows(x, idx)
     }
-    fn scatter_add_rows(&self, x: &Self::Tensor, idx: &Self::Index, n: usize) -> Result<Self::Tensor> {
+    fn scatter_add_rows(
+        &self,
+        x: &Self::Tensor,
+        idx: &Self::Index,
+        n: usize,
+    ) -> Result<Self::Tensor> {
         (**self).scatter_add_rows(x, idx, n)
     }
 }

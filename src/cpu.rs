@@ -27,7 +27,11 @@ impl Mat {
         Mat::new(rows, cols, data.iter().map(|&v| v as f64).collect())
     }
     pub fn zeros(rows: usize, cols: usize) -> Mat {
-        Mat { rows, cols, data: vec![0.0; rows * cols] }
+        Mat {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
     }
     pub fn at(&self, r: usize, c: usize) -> f64 {
         self.data[r * self.cols + c]
@@ -71,26 +75,44 @@ impl Backend for Cpu {
         i.iter().map(|&v| v as usize + 1).max().unwrap_or(0)
     }
     fn full(&self, rows: usize, cols: usize, value: f32) -> Result<Mat> {
-        Ok(Mat { rows, cols, data: vec![value as f64; rows * cols] })
+        Ok(Mat {
+            rows,
+            cols,
+            data: vec![value as f64; rows * cols],
+        })
     }
     fn matmul(&self, a: &Mat, b: &Mat, ta: bool, tb: bool) -> Result<Mat> {
         let ga = |i: usize, k: usize| if ta { a.at(k, i) } else { a.at(i, k) };
         let gb = |k: usize, j: usize| if tb { b.at(j, k) } else { b.at(k, j) };
-        let (m, kk) = if ta { (a.cols, a.rows) } else { (a.rows, a.cols) };
+        let (m, kk) = if ta {
+            (a.cols, a.rows)
+        } else {
+            (a.rows, a.cols)
+        };
         let n = if tb { b.rows } else { b.cols };
-        Ok(build(m, n, |i, j| (0..kk).map(|k| ga(i, k) * gb(k, j)).sum()))
+        Ok(build(m, n, |i, j| {
+            (0..kk).map(|k| ga(i, k) * gb(k, j)).sum()
+        }))
     }
     fn binary(&self, op: BinOp, a: &Mat, b: &Mat) -> Result<Mat> {
         let rows = a.rows.max(b.rows);
         let cols = a.cols.max(b.cols);
-        Ok(build(rows, cols, |r, c| op.apply(a.bcast(r, c), b.bcast(r, c))))
+        Ok(build(rows, cols, |r, c| {
+            op.apply(a.bcast(r, c), b.bcast(r, c))
+        }))
     }
     fn map(&self, f: Fun, order: u8, x: &Mat) -> Result<Mat> {
-        Ok(Mat { data: x.data.iter().map(|&v| f.eval(order, v)).collect(), ..*x })
+        Ok(Mat {
+            data: x.data.iter().map(|&v| f.eval(order, v)).collect(),
+            ..*x
+        })
     }
     fn affine(&self, x: &Mat, a: f32, b: f32) -> Result<Mat> {
         let (a, b) = (a as f64, b as f64);
-        Ok(Mat { data: x.data.iter().map(|&v| a * v + b).collect(), ..*x })
+        Ok(Mat {
+            data: x.data.iter().map(|&v| a * v + b).collect(),
+            ..*x
+        })
     }
     fn sum(&self, x: &Mat, axis: Axis) -> Result<Mat> {
         Ok(match axis {
@@ -103,7 +125,9 @@ impl Backend for Cpu {
         Ok(build(rows, cols, |r, c| x.bcast(r, c)))
     }
     fn rowdot(&self, a: &Mat, b: &Mat) -> Result<Mat> {
-        Ok(build(a.rows, 1, |r, _| (0..a.cols).map(|c| a.at(r, c) * b.at(r, c)).sum()))
+        Ok(build(a.rows, 1, |r, _| {
+            (0..a.cols).map(|c| a.at(r, c) * b.at(r, c)).sum()
+        }))
     }
     fn concat_cols(&self, a: &Mat, b: &Mat) -> Result<Mat> {
         Ok(build(a.rows, a.cols + b.cols, |r, c| {
@@ -149,6 +173,10 @@ impl crate::backend::RandomFill for Cpu {
         seed: u64,
         stream: u64,
     ) -> Result<Mat> {
-        Mat::new(rows, cols, crate::rng::reference_draw(rows * cols, dist, seed, stream))
+        Mat::new(
+            rows,
+            cols,
+            crate::rng::reference_draw(rows * cols, dist, seed, stream),
+        )
     }
 }

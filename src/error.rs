@@ -21,12 +21,15 @@ pub enum Error {
     Invalid(String),
     /// File could not be read or written.
     Io(String),
+    /// Training produced NaN/Inf; the message names the step and what was kept.
+    Diverged(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// What to install when no adapter is found; shared by the CLI, the xtask and the docs.
-pub const NO_ADAPTER_HINT: &str = "no Vulkan/Metal/DX12 adapter found; on Debian/Ubuntu without a GPU \
+pub const NO_ADAPTER_HINT: &str =
+    "no Vulkan/Metal/DX12 adapter found; on Debian/Ubuntu without a GPU \
 install Mesa's lavapipe: apt-get install libvulkan1 mesa-vulkan-drivers \
 (or set WGPU_BACKEND / WGPU_ADAPTER_NAME to pick another adapter)";
 
@@ -47,6 +50,7 @@ impl fmt::Display for Error {
             Error::Shape(m) => write!(f, "shape mismatch: {m}"),
             Error::Invalid(m) => write!(f, "invalid input: {m}"),
             Error::Io(m) => write!(f, "i/o: {m}"),
+            Error::Diverged(m) => write!(f, "training diverged: {m}"),
         }
     }
 }

@@ -37,6 +37,7 @@ enum Kernel {
     Affine,
     Map,
     MatMul,
+    MatMulDirect,
     ReduceThread,
     ReduceGroup,
     ConcatCols,
@@ -44,9 +45,11 @@ enum Kernel {
     GatherRows,
     ScatterAddRows,
     Random,
+    /// Optimiser step; the only kernel with the `update` binding layout.
+    Update,
 }
 
-const KERNELS: usize = 11;
+const KERNELS: usize = 13;
 
 impl Kernel {
     fn source(self) -> (&'static str, &'static str) {
@@ -60,6 +63,7 @@ impl Kernel {
             Affine => (elementwise, "affine"),
             Map => (elementwise, "map"),
             MatMul => (include_str!("../shaders/matmul.wgsl"), "matmul"),
+            MatMulDirect => (include_str!("../shaders/matmul.wgsl"), "matmul_direct"),
             ReduceThread => (reduce, "reduce_thread"),
             ReduceGroup => (reduce, "reduce_group"),
             ConcatCols => (layout, "concat_cols"),
@@ -67,6 +71,15 @@ impl Kernel {
             GatherRows => (gather, "gather_rows"),
             ScatterAddRows => (gather, "scatter_add_rows"),
             Random => (include_str!("../shaders/philox.wgsl"), "random"),
+            Update => (include_str!("../shaders/optim.wgsl"), "update"),
+        }
+    }
+
+    /// Bind group layout: 0 = (in, in, out), 1 = (grad; param, state, state read_write).
+    fn layout(self) -> usize {
+        match self {
+            Kernel::Update => 1,
+            _ => 0,
         }
     }
 }
@@ -151,8 +164,8 @@ impl Index {
 struct Dispatch {
     kernel: Kernel,
     params: Params,
-    inputs: [Option<Arc<PooledBuffer>>; 2],
-    output: Arc<PooledBuffer>,
+    /// Buffers for bindings 1, 2, ... of the kernel's layout.
+    buffers: Vec<Arc<PooledBuffer>>,
     groups: [u32; 3],
 }
 
@@ -170,7 +183,11 @@ pub struct AdapterReport {
 impl std::fmt::Display for AdapterReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let l = &self.limits;
-        writeln!(f, "adapter:  {} ({}, {})", self.name, self.backend, self.device_type)?;
+        writeln!(
+            f,
+            "adapter:  {} ({}, {})",
+            self.name, self.backend, self.device_type
+        )?;
         writeln!(f, "driver:   {}", self.driver)?;
         writeln!(
             f,
@@ -195,8 +212,8 @@ pub struct Gpu {
     device: wgpu::Device,
     queue: wgpu::Queue,
     report: AdapterReport,
-    layout: wgpu::BindGroupLayout,
-    pipeline_layout: wgpu::PipelineLayout,
+    layouts: [wgpu::BindGroupLayout; 2],
+    pipeline_layouts: [wgpu::PipelineLayout; 2],
     pipelines: [OnceLock<wgpu::ComputePipeline>; KERNELS],
     pool: Arc<Mutex<Pool>>,
     pending: Mutex<Vec<Dispatch>>,
@@ -205,6 +222,14 @@ pub struct Gpu {
     dummy: Arc<PooledBuffer>,
     error: Arc<Mutex<Option<Error>>>,
     timestamps: bool,
+    matmul_kernel: MatMulKernel,
+}
+
+/// Matmul implementations: workgroup-tiled for GPUs, barrier-free for CPU Vulkan drivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatMulKernel {
+    Tiled,
+    Direct,
 }
 
 fn backends_from_env() -> wgpu::Backends {
@@ -245,7 +270,9 @@ impl Gpu {
             Ok(want) => {
                 let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
                 let want_l = want.to_lowercase();
-                let pos = names.iter().position(|n| n.to_lowercase().contains(&want_l));
+                let pos = names
+                    .iter()
+                    .position(|n| n.to_lowercase().contains(&want_l));
                 match pos {
                     Some(i) => adapters.swap_remove(i),
                     None => {
@@ -313,29 +340,41 @@ impl Gpu {
             },
             count: None,
         };
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("wmvl kernel"),
-            entries: &[
-                wgpu::BindGroupLayoutEntry {
-                    binding: 0,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                },
-                storage(1, true),
-                storage(2, true),
-                storage(3, false),
-            ],
-        });
-        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("wmvl kernel"),
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
+        let uniform = wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+        let make_layout = |entries: &[wgpu::BindGroupLayoutEntry]| {
+            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("wmvl kernel"),
+                entries,
+            });
+            let pipeline = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("wmvl kernel"),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+            (layout, pipeline)
+        };
+        let (l0, p0) = make_layout(&[
+            uniform,
+            storage(1, true),
+            storage(2, true),
+            storage(3, false),
+        ]);
+        let (l1, p1) = make_layout(&[
+            uniform,
+            storage(1, true),
+            storage(2, false),
+            storage(3, false),
+            storage(4, false),
+        ]);
         let param_stride = (limits.min_uniform_buffer_offset_alignment as u64)
             .max(std::mem::size_of::<Params>() as u64);
         let pool = Arc::new(Mutex::new(Pool::default()));
@@ -345,7 +384,11 @@ impl Gpu {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        let dummy = Arc::new(PooledBuffer { buffer: Some(dummy_buf), size: 16, pool: pool.clone() });
+        let dummy = Arc::new(PooledBuffer {
+            buffer: Some(dummy_buf),
+            size: 16,
+            pool: pool.clone(),
+        });
         let report = AdapterReport {
             name: info.name.clone(),
             backend: format!("{:?}", info.backend),
@@ -358,8 +401,8 @@ impl Gpu {
             device,
             queue,
             report,
-            layout,
-            pipeline_layout,
+            layouts: [l0, l1],
+            pipeline_layouts: [p0, p1],
             pipelines: Default::default(),
             pool,
             pending: Mutex::new(Vec::new()),
@@ -368,6 +411,12 @@ impl Gpu {
             dummy,
             error,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            // Measured on lavapipe: the tiled kernel's barriers cost more than its reuse saves.
+            matmul_kernel: match (std::env::var("WMVL_MATMUL").as_deref(), info.device_type) {
+                (Ok("tiled"), _) => MatMulKernel::Tiled,
+                (Ok("direct"), _) | (_, wgpu::DeviceType::Cpu) => MatMulKernel::Direct,
+                _ => MatMulKernel::Tiled,
+            },
         };
         gpu.check()?;
         Ok(gpu)
@@ -383,6 +432,11 @@ impl Gpu {
         self.pool.lock().map(|p| p.allocated_bytes).unwrap_or(0)
     }
 
+    /// The matmul kernel `Backend::matmul` uses (`WMVL_MATMUL=tiled|direct` overrides).
+    pub fn matmul_kernel(&self) -> MatMulKernel {
+        self.matmul_kernel
+    }
+
     /// Whether [`Gpu::flush_timed`] can measure GPU time with timestamp queries.
     pub fn has_timestamps(&self) -> bool {
         self.timestamps
@@ -390,7 +444,10 @@ impl Gpu {
 
     /// The first error wgpu reported since the last check, if any.
     fn check(&self) -> Result<()> {
-        let mut slot = self.error.lock().map_err(|_| Error::Gpu("error slot poisoned".into()))?;
+        let mut slot = self
+            .error
+            .lock()
+            .map_err(|_| Error::Gpu("error slot poisoned".into()))?;
         match slot.as_ref() {
             // A lost device stays lost: report it on every later call.
             Some(Error::DeviceLost(m)) => Err(Error::DeviceLost(m.clone())),
@@ -403,18 +460,27 @@ impl Gpu {
         self.pipelines[k as usize].get_or_init(|| {
             let (src, entry) = k.source();
             let code = format!("{}\n{}", include_str!("../shaders/common.wgsl"), src);
-            let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            let desc = wgpu::ShaderModuleDescriptor {
                 label: Some(entry),
                 source: wgpu::ShaderSource::Wgsl(code.into()),
-            });
-            self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: Some(&self.pipeline_layout),
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: Default::default(),
-                cache: None,
-            })
+            };
+            let module = if std::env::var("WMVL_UNCHECKED").is_ok() {
+                unsafe {
+                    self.device
+                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+                }
+            } else {
+                self.device.create_shader_module(desc)
+            };
+            self.device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: Some(&self.pipeline_layouts[k.layout()]),
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
         })
     }
 
@@ -431,9 +497,16 @@ impl Gpu {
                 "a tensor of {bytes} bytes exceeds this adapter's largest storage buffer ({limit} bytes)"
             )));
         }
-        let mut pool = self.pool.lock().map_err(|_| Error::Gpu("pool poisoned".into()))?;
+        let mut pool = self
+            .pool
+            .lock()
+            .map_err(|_| Error::Gpu("pool poisoned".into()))?;
         if let Some(b) = pool.free.get_mut(&size).and_then(|v| v.pop()) {
-            return Ok(Arc::new(PooledBuffer { buffer: Some(b), size, pool: self.pool.clone() }));
+            return Ok(Arc::new(PooledBuffer {
+                buffer: Some(b),
+                size,
+                pool: self.pool.clone(),
+            }));
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -451,11 +524,19 @@ impl Gpu {
             )));
         }
         pool.allocated_bytes += size;
-        Ok(Arc::new(PooledBuffer { buffer: Some(buffer), size, pool: self.pool.clone() }))
+        Ok(Arc::new(PooledBuffer {
+            buffer: Some(buffer),
+            size,
+            pool: self.pool.clone(),
+        }))
     }
 
     fn empty(&self, rows: usize, cols: usize) -> Result<Tensor> {
-        Ok(Tensor { buf: self.alloc(4 * (rows * cols) as u64)?, rows, cols })
+        Ok(Tensor {
+            buf: self.alloc(4 * (rows * cols) as u64)?,
+            rows,
+            cols,
+        })
     }
 
     /// Copy host data into a new tensor. Rejects NaN/Inf and wrong lengths.
@@ -482,11 +563,17 @@ impl Gpu {
     /// Copy row indices to the GPU; each must be < `bound` (the rows of what they index).
     pub fn upload_index(&self, idx: &[u32], bound: u32) -> Result<Index> {
         if let Some(&bad) = idx.iter().find(|&&i| i >= bound) {
-            return Err(Error::Invalid(format!("row index {bad} out of range (rows: {bound})")));
+            return Err(Error::Invalid(format!(
+                "row index {bad} out of range (rows: {bound})"
+            )));
         }
         let buf = self.alloc(4 * idx.len() as u64)?;
         self.write(&buf, bytemuck::cast_slice(idx))?;
-        Ok(Index { buf, len: idx.len(), bound })
+        Ok(Index {
+            buf,
+            len: idx.len(),
+            bound,
+        })
     }
 
     /// Overwrite a tensor's contents in stream order (after all work recorded so far).
@@ -531,13 +618,15 @@ impl Gpu {
         groups: [u32; 3],
     ) -> Result<()> {
         let n = {
-            let mut pending =
-                self.pending.lock().map_err(|_| Error::Gpu("pending list poisoned".into()))?;
+            let mut pending = self
+                .pending
+                .lock()
+                .map_err(|_| Error::Gpu("pending list poisoned".into()))?;
+            let input = |b: Option<&Arc<PooledBuffer>>| b.unwrap_or(&self.dummy).clone();
             pending.push(Dispatch {
                 kernel,
                 params,
-                inputs: inputs.map(|b| b.cloned()),
-                output: output.clone(),
+                buffers: vec![input(inputs[0]), input(inputs[1]), output.clone()],
                 groups,
             });
             pending.len()
@@ -600,13 +689,25 @@ impl Gpu {
             None => return Ok(Some(0.0)),
         };
         let period = self.queue.get_timestamp_period() as f64;
-        Ok(Some(ticks[1].saturating_sub(ticks[0]) as f64 * period * 1e-9))
+        Ok(Some(
+            ticks[1].saturating_sub(ticks[0]) as f64 * period * 1e-9,
+        ))
     }
 
     fn submit(&self, timing: Option<&wgpu::QuerySet>) -> Result<Option<wgpu::Buffer>> {
+        // One submit at a time, from taking the list to `queue.submit`: concurrent submits
+        // would overwrite each other's parameter blocks (both write offset 0 before either
+        // submits), and a thread whose dispatches another thread took must not submit its
+        // readback copy before them.
+        let mut slot = self
+            .params_buf
+            .lock()
+            .map_err(|_| Error::Gpu("params poisoned".into()))?;
         let list = {
-            let mut pending =
-                self.pending.lock().map_err(|_| Error::Gpu("pending list poisoned".into()))?;
+            let mut pending = self
+                .pending
+                .lock()
+                .map_err(|_| Error::Gpu("pending list poisoned".into()))?;
             std::mem::take(&mut *pending)
         };
         self.check()?;
@@ -622,9 +723,9 @@ impl Gpu {
                 .copy_from_slice(bytemuck::bytes_of(&d.params));
         }
         let params = {
-            let mut slot =
-                self.params_buf.lock().map_err(|_| Error::Gpu("params poisoned".into()))?;
-            let big_enough = slot.as_ref().is_some_and(|b| b.size() >= bytes.len() as u64);
+            let big_enough = slot
+                .as_ref()
+                .is_some_and(|b| b.size() >= bytes.len() as u64);
             if !big_enough {
                 let size = (bytes.len() as u64).next_power_of_two().max(4096);
                 *slot = Some(self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -650,23 +751,24 @@ impl Gpu {
                 timestamp_writes,
             });
             for (i, d) in list.iter().enumerate() {
-                let input = |k: usize| d.inputs[k].as_ref().unwrap_or(&self.dummy).raw();
+                let mut entries = vec![wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &params,
+                        offset: i as u64 * stride,
+                        size: wgpu::BufferSize::new(std::mem::size_of::<Params>() as u64),
+                    }),
+                }];
+                for (k, b) in d.buffers.iter().enumerate() {
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: k as u32 + 1,
+                        resource: b.raw().as_entire_binding(),
+                    });
+                }
                 let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: None,
-                    layout: &self.layout,
-                    entries: &[
-                        wgpu::BindGroupEntry {
-                            binding: 0,
-                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                buffer: &params,
-                                offset: i as u64 * stride,
-                                size: wgpu::BufferSize::new(std::mem::size_of::<Params>() as u64),
-                            }),
-                        },
-                        wgpu::BindGroupEntry { binding: 1, resource: input(0).as_entire_binding() },
-                        wgpu::BindGroupEntry { binding: 2, resource: input(1).as_entire_binding() },
-                        wgpu::BindGroupEntry { binding: 3, resource: d.output.raw().as_entire_binding() },
-                    ],
+                    layout: &self.layouts[d.kernel.layout()],
+                    entries: &entries,
                 });
                 pass.set_pipeline(self.pipeline(d.kernel));
                 pass.set_bind_group(0, &bind, &[]);
@@ -718,14 +820,25 @@ impl Gpu {
                 *s = Some(r);
             }
         });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::DeviceLost(e.to_string()))?;
-        self.check()?;
-        match done.lock().ok().and_then(|mut s| s.take()) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(Error::Gpu(format!("reading back a tensor: {e}"))),
-            None => return Err(Error::DeviceLost("readback never completed".into())),
+        // wgpu runs a map callback on whichever thread's poll collected it: when several
+        // threads share this Gpu, our poll can return while another thread is still
+        // delivering our callback, so poll until it has arrived (bounded, for a hung device).
+        let start = std::time::Instant::now();
+        let mapped = loop {
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::DeviceLost(e.to_string()))?;
+            self.check()?;
+            if let Some(r) = done.lock().ok().and_then(|mut s| s.take()) {
+                break r;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(60) {
+                return Err(Error::DeviceLost("readback never completed".into()));
+            }
+            std::thread::yield_now();
+        };
+        if let Err(e) = mapped {
+            return Err(Error::Gpu(format!("reading back a tensor: {e}")));
         }
         let data = staging
             .slice(..)
@@ -779,10 +892,177 @@ impl Gpu {
             self.record(Kernel::ReduceThread, params, inputs, &out.buf, self.grid(n))?;
         } else {
             let max = self.report.limits.max_compute_workgroups_per_dimension as usize;
-            let groups = if n <= max { [n as u32, 1, 1] } else { [max as u32, n.div_ceil(max) as u32, 1] };
+            let groups = if n <= max {
+                [n as u32, 1, 1]
+            } else {
+                [max as u32, n.div_ceil(max) as u32, 1]
+            };
             self.record(Kernel::ReduceGroup, params, inputs, &out.buf, groups)?;
         }
         Ok(out)
+    }
+
+    /// One optimiser step on one parameter, in place (see `shaders/optim.wgsl`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn update_in_place(
+        &self,
+        code: u32,
+        f: [f32; 4],
+        bias_corrections: [f32; 2],
+        grad: &Tensor,
+        param: &Tensor,
+        s1: &Tensor,
+        s2: &Tensor,
+    ) -> Result<()> {
+        let n = param.len();
+        if [grad.shape(), s1.shape(), s2.shape()]
+            .iter()
+            .any(|&s| s != param.shape())
+        {
+            return Err(Error::Shape(format!(
+                "optimiser step: parameter {:?}, gradient {:?}, state {:?} / {:?}",
+                param.shape(),
+                grad.shape(),
+                s1.shape(),
+                s2.shape()
+            )));
+        }
+        let params = Params {
+            n: n as u32,
+            code,
+            u: [
+                bias_corrections[0].to_bits(),
+                bias_corrections[1].to_bits(),
+                0,
+                0,
+            ],
+            f,
+            ..Default::default()
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        {
+            let mut pending = self
+                .pending
+                .lock()
+                .map_err(|_| Error::Gpu("pending list poisoned".into()))?;
+            pending.push(Dispatch {
+                kernel: Kernel::Update,
+                params,
+                buffers: vec![
+                    grad.buf.clone(),
+                    param.buf.clone(),
+                    s1.buf.clone(),
+                    s2.buf.clone(),
+                ],
+                groups: self.grid(n),
+            });
+        }
+        Ok(())
+    }
+
+    /// op(a)·op(b) with a chosen kernel (the `Backend::matmul` uses [`Gpu::matmul_kernel`]).
+    /// Shapes are not checked here: the tape checks them.
+    pub fn matmul_with(
+        &self,
+        kernel: MatMulKernel,
+        a: &Tensor,
+        b: &Tensor,
+        ta: bool,
+        tb: bool,
+    ) -> Result<Tensor> {
+        let (m, k) = if ta {
+            (a.cols, a.rows)
+        } else {
+            (a.rows, a.cols)
+        };
+        let n = if tb { b.rows } else { b.cols };
+        let out = self.empty(m, n)?;
+        if m * n == 0 {
+            return Ok(out);
+        }
+        if k == 0 {
+            return self.full(m, n, 0.0);
+        }
+        let params = Params {
+            n: (m * n) as u32,
+            rows: m as u32,
+            cols: n as u32,
+            a_cols: a.cols as u32,
+            b_cols: b.cols as u32,
+            u: [k as u32, ta as u32, tb as u32, 0],
+            ..Default::default()
+        };
+        let groups = match kernel {
+            MatMulKernel::Tiled => [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],
+            MatMulKernel::Direct => [n.div_ceil(64) as u32, m.div_ceil(16) as u32, 1],
+        };
+        let k = match kernel {
+            MatMulKernel::Tiled => Kernel::MatMul,
+            MatMulKernel::Direct => Kernel::MatMulDirect,
+        };
+        self.record(k, params, [Some(&a.buf), Some(&b.buf)], &out.buf, groups)?;
+        Ok(out)
+    }
+
+    /// dst ← src, recorded in stream order (no flush).
+    pub fn copy_into(&self, src: &Tensor, dst: &Tensor) -> Result<()> {
+        if src.shape() != dst.shape() {
+            return Err(Error::Shape(format!(
+                "copy {:?} into {:?}",
+                src.shape(),
+                dst.shape()
+            )));
+        }
+        let n = src.len();
+        let params = Params {
+            n: n as u32,
+            f: [1.0, 0.0, 0.0, 0.0],
+            ..Default::default()
+        };
+        if n > 0 {
+            self.record(
+                Kernel::Affine,
+                params,
+                [Some(&src.buf), None],
+                &dst.buf,
+                self.grid(n),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `len` uniformly random row indices in 0..bound from draw (seed, stream), made on the GPU.
+    pub fn random_index(&self, len: usize, bound: usize, seed: u64, stream: u64) -> Result<Index> {
+        if bound == 0 || bound > u32::MAX as usize {
+            return Err(Error::Invalid(format!(
+                "cannot draw row indices below {bound}"
+            )));
+        }
+        let buf = self.alloc(4 * len as u64)?;
+        let w = words(seed, stream);
+        let params = Params {
+            n: len as u32,
+            code: 2,
+            rows: bound as u32,
+            u: w,
+            ..Default::default()
+        };
+        if len > 0 {
+            self.record(
+                Kernel::Random,
+                params,
+                [None, None],
+                &buf,
+                self.grid(len.div_ceil(4)),
+            )?;
+        }
+        Ok(Index {
+            buf,
+            len,
+            bound: bound as u32,
+        })
     }
 
     fn window(&self, x: &Tensor, cols: usize, u0: usize, u1: usize) -> Result<Tensor> {
@@ -791,7 +1071,13 @@ impl Gpu {
             u: [u0 as u32, u1 as u32, 0, 0],
             ..Default::default()
         };
-        self.elementwise(Kernel::WindowCols, params, [Some(&x.buf), None], x.rows, cols)
+        self.elementwise(
+            Kernel::WindowCols,
+            params,
+            [Some(&x.buf), None],
+            x.rows,
+            cols,
+        )
     }
 }
 
@@ -810,32 +1096,16 @@ impl Backend for Gpu {
     }
 
     fn full(&self, rows: usize, cols: usize, value: f32) -> Result<Tensor> {
-        let params = Params { code: 1, f: [0.0, value, 0.0, 0.0], ..Default::default() };
+        let params = Params {
+            code: 1,
+            f: [0.0, value, 0.0, 0.0],
+            ..Default::default()
+        };
         self.elementwise(Kernel::Affine, params, [None, None], rows, cols)
     }
 
     fn matmul(&self, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
-        let (m, k) = if ta { (a.cols, a.rows) } else { (a.rows, a.cols) };
-        let n = if tb { b.rows } else { b.cols };
-        let out = self.empty(m, n)?;
-        if m * n == 0 {
-            return Ok(out);
-        }
-        if k == 0 {
-            return self.full(m, n, 0.0);
-        }
-        let params = Params {
-            n: (m * n) as u32,
-            rows: m as u32,
-            cols: n as u32,
-            a_cols: a.cols as u32,
-            b_cols: b.cols as u32,
-            u: [k as u32, ta as u32, tb as u32, 0],
-            ..Default::default()
-        };
-        let groups = [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1];
-        self.record(Kernel::MatMul, params, [Some(&a.buf), Some(&b.buf)], &out.buf, groups)?;
-        Ok(out)
+        self.matmul_with(self.matmul_kernel, a, b, ta, tb)
     }
 
     fn binary(&self, op: BinOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -848,16 +1118,29 @@ impl Backend for Gpu {
             ..Default::default()
         };
         let (rows, cols) = (a.rows.max(b.rows), a.cols.max(b.cols));
-        self.elementwise(Kernel::Binary, params, [Some(&a.buf), Some(&b.buf)], rows, cols)
+        self.elementwise(
+            Kernel::Binary,
+            params,
+            [Some(&a.buf), Some(&b.buf)],
+            rows,
+            cols,
+        )
     }
 
     fn map(&self, f: Fun, order: u8, x: &Tensor) -> Result<Tensor> {
-        let params = Params { code: f.code(), u: [order as u32, 0, 0, 0], ..Default::default() };
+        let params = Params {
+            code: f.code(),
+            u: [order as u32, 0, 0, 0],
+            ..Default::default()
+        };
         self.elementwise(Kernel::Map, params, [Some(&x.buf), None], x.rows, x.cols)
     }
 
     fn affine(&self, x: &Tensor, a: f32, b: f32) -> Result<Tensor> {
-        let params = Params { f: [a, b, 0.0, 0.0], ..Default::default() };
+        let params = Params {
+            f: [a, b, 0.0, 0.0],
+            ..Default::default()
+        };
         self.elementwise(Kernel::Affine, params, [Some(&x.buf), None], x.rows, x.cols)
     }
 
@@ -880,8 +1163,18 @@ impl Backend for Gpu {
     }
 
     fn concat_cols(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        let params = Params { a_cols: a.cols as u32, b_cols: b.cols as u32, ..Default::default() };
-        self.elementwise(Kernel::ConcatCols, params, [Some(&a.buf), Some(&b.buf)], a.rows, a.cols + b.cols)
+        let params = Params {
+            a_cols: a.cols as u32,
+            b_cols: b.cols as u32,
+            ..Default::default()
+        };
+        self.elementwise(
+            Kernel::ConcatCols,
+            params,
+            [Some(&a.buf), Some(&b.buf)],
+            a.rows,
+            a.cols + b.cols,
+        )
     }
 
     fn slice_cols(&self, x: &Tensor, start: usize, end: usize) -> Result<Tensor> {
@@ -893,17 +1186,39 @@ impl Backend for Gpu {
     }
 
     fn gather_rows(&self, x: &Tensor, idx: &Index) -> Result<Tensor> {
-        self.elementwise(Kernel::GatherRows, Params::default(), [Some(&x.buf), Some(&idx.buf)], idx.len, x.cols)
+        self.elementwise(
+            Kernel::GatherRows,
+            Params::default(),
+            [Some(&x.buf), Some(&idx.buf)],
+            idx.len,
+            x.cols,
+        )
     }
 
     fn scatter_add_rows(&self, x: &Tensor, idx: &Index, n: usize) -> Result<Tensor> {
-        let params = Params { u: [idx.len as u32, 0, 0, 0], ..Default::default() };
-        self.elementwise(Kernel::ScatterAddRows, params, [Some(&x.buf), Some(&idx.buf)], n, x.cols)
+        let params = Params {
+            u: [idx.len as u32, 0, 0, 0],
+            ..Default::default()
+        };
+        self.elementwise(
+            Kernel::ScatterAddRows,
+            params,
+            [Some(&x.buf), Some(&idx.buf)],
+            n,
+            x.cols,
+        )
     }
 }
 
 impl RandomFill for Gpu {
-    fn random(&self, rows: usize, cols: usize, dist: Dist, seed: u64, stream: u64) -> Result<Tensor> {
+    fn random(
+        &self,
+        rows: usize,
+        cols: usize,
+        dist: Dist,
+        seed: u64,
+        stream: u64,
+    ) -> Result<Tensor> {
         let w = words(seed, stream);
         let (code, f0, f1) = match dist {
             Dist::Uniform { lo, hi } => (0, hi - lo, lo),
@@ -919,7 +1234,13 @@ impl RandomFill for Gpu {
             ..Default::default()
         };
         if n > 0 {
-            self.record(Kernel::Random, params, [None, None], &out.buf, self.grid(n.div_ceil(4)))?;
+            self.record(
+                Kernel::Random,
+                params,
+                [None, None],
+                &out.buf,
+                self.grid(n.div_ceil(4)),
+            )?;
         }
         Ok(out)
     }

@@ -18,12 +18,19 @@
 //! ```
 
 pub mod backend;
+pub mod checkpoint;
 pub mod cpu;
+pub mod data;
 pub mod error;
 pub mod gpu;
+pub mod model;
+pub mod objective;
 pub mod ops;
+pub mod optim;
+pub mod plot;
 pub mod rng;
 pub mod selfcheck;
 pub mod tape;
+pub mod train;
 
 pub use error::{Error, Result};

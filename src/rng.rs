@@ -12,7 +12,10 @@ pub enum Dist {
 }
 
 impl Dist {
-    pub const STANDARD_NORMAL: Dist = Dist::Normal { mean: 0.0, std: 1.0 };
+    pub const STANDARD_NORMAL: Dist = Dist::Normal {
+        mean: 0.0,
+        std: 1.0,
+    };
     pub const UNIT: Dist = Dist::Uniform { lo: 0.0, hi: 1.0 };
 }
 
@@ -28,19 +31,28 @@ pub fn philox4x32(ctr: [u32; 4], key: [u32; 2]) -> [u32; 4] {
         let (hi0, lo0) = mulhilo(0xD251_1F53, c[0]);
         let (hi1, lo1) = mulhilo(0xCD9E_8D57, c[2]);
         c = [hi1 ^ c[1] ^ k[0], lo1, hi0 ^ c[3] ^ k[1], lo0];
-        k = [k[0].wrapping_add(0x9E37_79B9), k[1].wrapping_add(0xBB67_AE85)];
+        k = [
+            k[0].wrapping_add(0x9E37_79B9),
+            k[1].wrapping_add(0xBB67_AE85),
+        ];
     }
     c
 }
 
-/// 24 random bits to (0, 1), never 0 (as `to_unit` in the shader).
+/// 24 random bits to (0, 1), never 0 or 1 (as `to_unit` in the shader). The top bin's
+/// centre 1 − 2⁻²⁵ is not an f32 and would round to 1.0: it is clamped to 1 − 2⁻²⁴.
 pub fn to_unit(x: u32) -> f32 {
-    (x >> 8) as f32 * 5.960_464_5e-8 + 2.980_232_2e-8
+    ((x >> 8) as f32 * 5.960_464_5e-8 + 2.980_232_2e-8).min(0.999_999_94)
 }
 
 /// Counter and key words of block `t` of draw (seed, stream).
 pub(crate) fn words(seed: u64, stream: u64) -> [u32; 4] {
-    [stream as u32, (stream >> 32) as u32, seed as u32, (seed >> 32) as u32]
+    [
+        stream as u32,
+        (stream >> 32) as u32,
+        seed as u32,
+        (seed >> 32) as u32,
+    ]
 }
 
 /// The `n` numbers of draw (seed, stream) in f64, computed as the GPU computes them
@@ -69,6 +81,18 @@ pub fn reference_draw(n: usize, dist: Dist, seed: u64, stream: u64) -> Vec<f64> 
         }
     }
     out.truncate(n);
+    out
+}
+
+/// The `len` row indices in 0..bound of draw (seed, stream), as the GPU makes them.
+pub fn reference_index(len: usize, bound: u32, seed: u64, stream: u64) -> Vec<u32> {
+    let w = words(seed, stream);
+    let mut out = Vec::with_capacity(len + 3);
+    for t in 0..len.div_ceil(4) {
+        let r = philox4x32([t as u32, w[0], w[1], 0], [w[2], w[3]]);
+        out.extend(r.map(|x| mulhilo(x, bound).0));
+    }
+    out.truncate(len);
     out
 }
 

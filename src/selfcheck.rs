@@ -42,18 +42,29 @@ pub fn double_backward<B: Backend>(
     let g = tape.grad(e.sum_all()?, &[x], true)?[0];
     let x1 = x.sub(g.scale(eps)?)?.add(noise)?;
     let e1 = scorenet_energy(x1, th[0], th[1], th[2], th[3], f)?;
-    let loss = g.square()?.sum(crate::ops::Axis::Cols)?.mean_all()?.add(e1.mean_all()?)?;
+    let loss = g
+        .square()?
+        .sum(crate::ops::Axis::Cols)?
+        .mean_all()?
+        .add(e1.mean_all()?)?;
     let grads = tape.grad(loss, th, false)?;
     let l = read(tape.backend(), &loss.value())?[0];
-    let gs = grads.iter().map(|v| read(tape.backend(), &v.value())).collect::<Result<_>>()?;
+    let gs = grads
+        .iter()
+        .map(|v| read(tape.backend(), &v.value()))
+        .collect::<Result<_>>()?;
     Ok((l, gs))
 }
 
 /// Deterministic pseudo-random test inputs (x, noise, W₁, b₁, W₂, b₂) for d inputs, h hidden.
 pub fn example_inputs(n: usize, d: usize, h: usize, seed: u64) -> [Mat; 6] {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
     };
     let mut mat = |r: usize, c: usize, scale: f64| Mat {
@@ -81,8 +92,14 @@ pub fn run(gpu: &Gpu) -> Result<f64> {
             Ok(g.read(t)?.into_iter().map(|v| v as f64).collect())
         };
         let (lg, gg) = double_backward(gpu, up_gpu, rd_gpu, &inputs, f, 0.1)?;
-        let (lc, gc) =
-            double_backward(Cpu, |_, m| Ok(m.clone()), |_, t: &Mat| Ok(t.data.clone()), &inputs, f, 0.1)?;
+        let (lc, gc) = double_backward(
+            Cpu,
+            |_, m| Ok(m.clone()),
+            |_, t: &Mat| Ok(t.data.clone()),
+            &inputs,
+            f,
+            0.1,
+        )?;
         worst = worst.max(rel_err(&[lg], &[lc]));
         for (a, b) in gg.iter().zip(&gc) {
             worst = worst.max(rel_err(a, b));
@@ -96,7 +113,12 @@ pub fn run(gpu: &Gpu) -> Result<f64> {
 
 /// ‖a − b‖ / ‖b‖ (or ‖a − b‖ when b = 0).
 pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt();
     let den: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
     if den > 0.0 {
         num / den

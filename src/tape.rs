@@ -21,23 +21,46 @@ use crate::rng::Dist;
 pub enum Op {
     /// An input: parameter, data or constant. Differentiable with respect to, never through.
     Leaf,
-    MatMul { ta: bool, tb: bool },
+    MatMul {
+        ta: bool,
+        tb: bool,
+    },
     Binary(BinOp),
     /// f⁽ᵒʳᵈᵉʳ⁾(x).
-    Map { f: Fun, order: u8 },
+    Map {
+        f: Fun,
+        order: u8,
+    },
     /// a·x + b.
-    Affine { a: f32, b: f32 },
+    Affine {
+        a: f32,
+        b: f32,
+    },
     Sum(Axis),
     /// Broadcast to (rows, cols).
-    Expand { rows: usize, cols: usize },
+    Expand {
+        rows: usize,
+        cols: usize,
+    },
     RowDot,
     ConcatCols,
-    SliceCols { start: usize, end: usize },
-    PadCols { start: usize, total: usize },
+    SliceCols {
+        start: usize,
+        end: usize,
+    },
+    PadCols {
+        start: usize,
+        total: usize,
+    },
     /// Rows of input 0 picked by the tape's index `index`.
-    GatherRows { index: usize },
+    GatherRows {
+        index: usize,
+    },
     /// Adjoint of gather: rows summed into `n` rows.
-    ScatterAddRows { index: usize, n: usize },
+    ScatterAddRows {
+        index: usize,
+        n: usize,
+    },
 }
 
 struct Node<B: Backend> {
@@ -76,7 +99,11 @@ pub struct Tape<B: Backend> {
 
 impl<B: Backend> Tape<B> {
     pub fn new(backend: B) -> Tape<B> {
-        Tape { backend, nodes: RefCell::new(Vec::new()), indices: RefCell::new(Vec::new()) }
+        Tape {
+            backend,
+            nodes: RefCell::new(Vec::new()),
+            indices: RefCell::new(Vec::new()),
+        }
     }
 
     pub fn backend(&self) -> &B {
@@ -94,7 +121,10 @@ impl<B: Backend> Tape<B> {
     fn push(&self, value: B::Tensor, op: Op, inputs: Vec<usize>) -> Var<'_, B> {
         let mut nodes = self.nodes.borrow_mut();
         nodes.push(Node { value, op, inputs });
-        Var { tape: self, id: nodes.len() - 1 }
+        Var {
+            tape: self,
+            id: nodes.len() - 1,
+        }
     }
 
     fn value_of(&self, id: usize) -> B::Tensor {
@@ -229,8 +259,16 @@ impl<B: Backend> Tape<B> {
             Op::MatMul { ta, tb } => {
                 // y = op(a)·op(b)  ⇒  ∂a = g·op(b)ᵀ (or its transpose), ∂b = op(a)ᵀ·g (or its transpose).
                 let (a, b) = (x[0], x[1]);
-                let ga = if ta { b.matmul_t(g, tb, true)? } else { g.matmul_t(b, false, !tb)? };
-                let gb = if tb { g.matmul_t(a, true, ta)? } else { a.matmul_t(g, !ta, false)? };
+                let ga = if ta {
+                    b.matmul_t(g, tb, true)?
+                } else {
+                    g.matmul_t(b, false, !tb)?
+                };
+                let gb = if tb {
+                    g.matmul_t(a, true, ta)?
+                } else {
+                    a.matmul_t(g, !ta, false)?
+                };
                 vec![Some(ga), Some(gb)]
             }
             Op::Binary(bop) => {
@@ -305,6 +343,11 @@ impl<'t, B: Backend> Var<'t, B> {
         self.id
     }
 
+    /// The tape this value lives on.
+    pub fn tape(&self) -> &'t Tape<B> {
+        self.tape
+    }
+
     pub fn shape(&self) -> (usize, usize) {
         self.tape.shape_of(self.id)
     }
@@ -343,8 +386,13 @@ impl<'t, B: Backend> Var<'t, B> {
                 "matmul: {m}x{k1} times {k2}x{n} (transposes: {ta}, {tb})"
             )));
         }
-        let v = self.tape.backend.matmul(&self.value(), &other.value(), ta, tb)?;
-        Ok(self.tape.push(v, Op::MatMul { ta, tb }, vec![self.id, other.id]))
+        let v = self
+            .tape
+            .backend
+            .matmul(&self.value(), &other.value(), ta, tb)?;
+        Ok(self
+            .tape
+            .push(v, Op::MatMul { ta, tb }, vec![self.id, other.id]))
     }
 
     pub fn matmul(self, other: Var<'t, B>) -> Result<Var<'t, B>> {
@@ -359,7 +407,10 @@ impl<'t, B: Backend> Var<'t, B> {
                 "{op:?}: shapes {sa:?} and {sb:?} do not broadcast"
             )));
         }
-        let v = self.tape.backend.binary(op, &self.value(), &other.value())?;
+        let v = self
+            .tape
+            .backend
+            .binary(op, &self.value(), &other.value())?;
         Ok(self.tape.push(v, Op::Binary(op), vec![self.id, other.id]))
     }
 
@@ -457,7 +508,9 @@ impl<'t, B: Backend> Var<'t, B> {
     pub fn expand(self, rows: usize, cols: usize) -> Result<Var<'t, B>> {
         let (r, c) = self.shape();
         if broadcast_shape((rows, cols), (r, c)) != Some((rows, cols)) {
-            return Err(Error::Shape(format!("cannot expand {r}x{c} to {rows}x{cols}")));
+            return Err(Error::Shape(format!(
+                "cannot expand {r}x{c} to {rows}x{cols}"
+            )));
         }
         if (r, c) == (rows, cols) {
             return Ok(self);
@@ -474,7 +527,9 @@ impl<'t, B: Backend> Var<'t, B> {
             (false, false) if shape == (1, 1) => self.sum(Axis::All),
             (false, true) if shape.0 == 1 => self.sum(Axis::Rows),
             (true, false) if shape.1 == 1 => self.sum(Axis::Cols),
-            _ => Err(Error::Shape(format!("cannot sum {r}x{c} down to {shape:?}"))),
+            _ => Err(Error::Shape(format!(
+                "cannot sum {r}x{c} down to {shape:?}"
+            ))),
         }
     }
 
@@ -502,7 +557,10 @@ impl<'t, B: Backend> Var<'t, B> {
                 other.shape()
             )));
         }
-        let v = self.tape.backend.concat_cols(&self.value(), &other.value())?;
+        let v = self
+            .tape
+            .backend
+            .concat_cols(&self.value(), &other.value())?;
         Ok(self.tape.push(v, Op::ConcatCols, vec![self.id, other.id]))
     }
 
@@ -510,7 +568,9 @@ impl<'t, B: Backend> Var<'t, B> {
     pub fn slice_cols(self, start: usize, end: usize) -> Result<Var<'t, B>> {
         let c = self.shape().1;
         if start > end || end > c {
-            return Err(Error::Shape(format!("slice_cols {start}..{end} of {c} columns")));
+            return Err(Error::Shape(format!(
+                "slice_cols {start}..{end} of {c} columns"
+            )));
         }
         let v = self.tape.backend.slice_cols(&self.value(), start, end)?;
         Ok(self.unary(Op::SliceCols { start, end }, v))
@@ -520,7 +580,9 @@ impl<'t, B: Backend> Var<'t, B> {
     pub fn pad_cols(self, start: usize, total: usize) -> Result<Var<'t, B>> {
         let c = self.shape().1;
         if start + c > total {
-            return Err(Error::Shape(format!("pad_cols: {c} columns at {start} exceed {total}")));
+            return Err(Error::Shape(format!(
+                "pad_cols: {c} columns at {start} exceed {total}"
+            )));
         }
         let v = self.tape.backend.pad_cols(&self.value(), start, total)?;
         Ok(self.unary(Op::PadCols { start, total }, v))

@@ -1,0 +1,320 @@
+//! The MVL family of objectives (SPEC §2–4). Each returns per-sample values whose mean is the
+//! loss to minimise (for CD-1: a surrogate whose gradient is the CD-1 estimate, and which is
+//! *not* a loss). Equation numbers refer to the paper.
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::ops::Axis;
+use crate::tape::Var;
+
+/// Anything that maps a batch (rows, d) to per-sample energies (rows, 1) on a tape.
+pub trait Energy<'t, B: Backend> {
+    fn energy(&self, x: Var<'t, B>) -> Result<Var<'t, B>>;
+
+    /// (E(x), ∇ₓE(x)); with `create_graph` the gradient stays differentiable in θ.
+    fn energy_and_grad(
+        &self,
+        x: Var<'t, B>,
+        create_graph: bool,
+    ) -> Result<(Var<'t, B>, Var<'t, B>)> {
+        let e = self.energy(x)?;
+        let g = x.tape().grad(e.sum(Axis::All)?, &[x], create_graph)?[0];
+        Ok((e, g))
+    }
+}
+
+/// Energies given by a closure, e.g. closed-form test energies.
+pub struct EnergyFn<F>(pub F);
+
+impl<'t, B: Backend + 't, F: Fn(Var<'t, B>) -> Result<Var<'t, B>>> Energy<'t, B> for EnergyFn<F> {
+    fn energy(&self, x: Var<'t, B>) -> Result<Var<'t, B>> {
+        (self.0)(x)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Objective {
+    /// MVL with Langevin dynamics (SPEC §2).
+    Mvl,
+    /// Denoising score matching, eq. 12, scaled by ε⁻².
+    Dsm,
+    /// Variance-reduced DSM, eq. 15.
+    VrDsm,
+    /// CD-1 with Langevin dynamics (eq. 16): a gradient estimate, not a loss.
+    Cd1,
+    /// Sliced score matching, v uniform on the sphere of radius √d.
+    Ssm,
+    /// Sliced score matching with variance reduction, v ~ N(0, I).
+    SsmVr,
+    /// Exact score matching: d backward passes for the Laplacian.
+    ExactSm,
+}
+
+impl Objective {
+    pub const ALL: [Objective; 7] = [
+        Objective::Mvl,
+        Objective::Dsm,
+        Objective::VrDsm,
+        Objective::Cd1,
+        Objective::Ssm,
+        Objective::SsmVr,
+        Objective::ExactSm,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Objective::Mvl => "mvl",
+            Objective::Dsm => "dsm",
+            Objective::VrDsm => "vr-dsm",
+            Objective::Cd1 => "cd1",
+            Objective::Ssm => "ssm",
+            Objective::SsmVr => "ssm-vr",
+            Objective::ExactSm => "exact-sm",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Result<Objective> {
+        Objective::ALL
+            .into_iter()
+            .find(|o| o.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Objective::ALL.iter().map(|o| o.name()).collect();
+                Error::Invalid(format!(
+                    "unknown objective {s:?}; use one of {}",
+                    names.join(", ")
+                ))
+            })
+    }
+
+    /// Whether the objective's value estimates the score-matching loss J (CD-1's does not).
+    pub fn is_loss(self) -> bool {
+        self != Objective::Cd1
+    }
+
+    /// Whether it consumes a (rows, d) standard-normal draw.
+    pub fn needs_noise(self) -> bool {
+        self != Objective::ExactSm
+    }
+}
+
+/// Settings shared by the objectives.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Config {
+    /// Base step ε₀ (for DSM: the noise variance σ² = ε).
+    pub eps: f32,
+    /// Subtract the control variate (MVL, CD-1).
+    pub control_variate: bool,
+    /// Per-sample step εᵢ = ε₀ / max(1, ‖gᵢ‖²) (MVL).
+    pub rescale: bool,
+    /// Energy-scale regulariser c·(mean E(x₁)² + mean E(x₀)²) (MVL); 0 = off.
+    pub energy_reg: f32,
+    /// Compute the Metropolis–Hastings acceptance diagnostic (MVL; costs one more gradient).
+    pub mh_diagnostic: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            eps: 1e-3,
+            control_variate: true,
+            rescale: true,
+            energy_reg: 0.0,
+            mh_diagnostic: false,
+        }
+    }
+}
+
+/// What an objective produced for one batch.
+pub struct Estimate<'t, B: Backend> {
+    /// Per-sample values (rows, 1): their mean is the estimate (plus the regulariser).
+    pub per_sample: Var<'t, B>,
+    /// The scalar to differentiate (mean of `per_sample`, plus the regulariser).
+    pub loss: Var<'t, B>,
+    /// CD-1 only: the usual monitoring value mean E(x₀) − mean E(x₁), which is not a loss.
+    pub monitor: Option<Var<'t, B>>,
+    /// MVL with `mh_diagnostic`: the mean Metropolis–Hastings acceptance probability.
+    pub acceptance: Option<Var<'t, B>>,
+}
+
+/// |v| elementwise (constants only: used for max/min of detached values).
+fn abs<'t, B: Backend>(v: Var<'t, B>) -> Result<Var<'t, B>> {
+    v.square()?.sqrt()
+}
+
+/// Evaluate `objective` on batch `x0` (a constant) with standard-normal draw `z` (rows, d).
+pub fn estimate<'t, B: Backend>(
+    objective: Objective,
+    cfg: &Config,
+    model: &dyn Energy<'t, B>,
+    x0: Var<'t, B>,
+    z: Option<Var<'t, B>>,
+) -> Result<Estimate<'t, B>> {
+    let (rows, d) = x0.shape();
+    if rows == 0 {
+        return Err(Error::Invalid("empty batch".into()));
+    }
+    if !(cfg.eps.is_finite() && cfg.eps > 0.0) {
+        return Err(Error::Invalid(format!(
+            "step size eps must be positive, got {}",
+            cfg.eps
+        )));
+    }
+    let z = match (objective.needs_noise(), z) {
+        (true, Some(z)) if z.shape() == (rows, d) => Some(z),
+        (true, Some(z)) => {
+            return Err(Error::Shape(format!(
+                "noise has shape {:?}, the batch {:?}",
+                z.shape(),
+                (rows, d)
+            )))
+        }
+        (true, None) => {
+            return Err(Error::Invalid(format!(
+                "{} needs a noise draw",
+                objective.name()
+            )))
+        }
+        (false, _) => None,
+    };
+    let eps = cfg.eps;
+    let mut monitor = None;
+    let mut acceptance = None;
+    let mut reg = None;
+    let per_sample = match objective {
+        Objective::Mvl => {
+            // SPEC §2, steps 1–6 (eqs. 10–11 with the control variate of §3.2.1).
+            let z = z.expect("checked");
+            let (e0, g) = model.energy_and_grad(x0, true)?;
+            // εᵢ = ε₀ / max(1, ‖gᵢ‖²), a constant; max(1, a) = (a + 1 + |a − 1|)/2.
+            let eps_i = if cfg.rescale {
+                let a = g.rowdot(g)?.detach();
+                let m = a
+                    .affine(1.0, 1.0)?
+                    .add(abs(a.affine(1.0, -1.0)?)?)?
+                    .scale(0.5)?;
+                m.recip()?.scale(eps)?.detach()
+            } else {
+                x0.tape().full(rows, 1, eps)?
+            };
+            let xi = z.mul(eps_i.scale(2.0)?.sqrt()?)?.detach();
+            // x₁ = x₀ − εᵢ·s·g + ξ with s = ½: one Langevin step towards q^½.
+            let x1 = x0.sub(g.mul(eps_i.scale(0.5)?)?)?.add(xi)?;
+            let e1 = model.energy(x1)?;
+            let mut diff = e1.sub(e0)?;
+            if cfg.control_variate {
+                diff = diff.sub(g.rowdot(xi)?)?;
+            }
+            // ediff·(ε₀/εᵢ); loss = −mean(ediff)/ε₀  ⇒ per sample −ediff/εᵢ.
+            if cfg.energy_reg > 0.0 {
+                let r = e1.square()?.mean_all()?.add(e0.square()?.mean_all()?)?;
+                reg = Some(r.scale(cfg.energy_reg)?);
+            }
+            if cfg.mh_diagnostic {
+                acceptance = Some(mh_acceptance(model, x0, e0, g.detach(), eps_i, xi)?);
+            }
+            diff.div(eps_i)?.neg()?
+        }
+        Objective::Dsm | Objective::VrDsm => {
+            // L = ‖√ε z − ε∇E(x + √ε z)‖² (eq. 12 with σ² = ε); ε⁻²L, or eq. 15 for VR.
+            let z = z.expect("checked");
+            let se = eps.sqrt();
+            let xt = x0.add(z.scale(se)?)?;
+            let (_, gt) = model.energy_and_grad(xt, true)?;
+            let r = z.scale(se)?.sub(gt.scale(eps)?)?;
+            let mut l = r.rowdot(r)?;
+            if objective == Objective::VrDsm {
+                let (_, g) = model.energy_and_grad(x0, true)?;
+                let cv = z
+                    .rowdot(z)?
+                    .scale(eps)?
+                    .sub(z.rowdot(g)?.scale(2.0 * eps * se)?)?;
+                l = l.sub(cv)?;
+            }
+            l.scale(1.0 / (eps * eps))?
+        }
+        Objective::Cd1 => {
+            // x₁ one Langevin step towards q (s = 1), held constant. ∂θ of
+            // [E(x₀) − E(x₁) + g·ξ]/ε is the CD-1 estimate of ∂θJ (eq. 16, control variate §3.3).
+            let z = z.expect("checked");
+            let (e0, g) = model.energy_and_grad(x0, true)?;
+            let xi = z.scale((2.0 * eps).sqrt())?;
+            let x1 = x0.sub(g.scale(eps)?)?.add(xi)?.detach();
+            let e1 = model.energy(x1)?;
+            monitor = Some(e0.sub(e1)?.mean_all()?);
+            let mut s = e0.sub(e1)?;
+            if cfg.control_variate {
+                s = s.add(g.rowdot(xi)?)?;
+            }
+            s.scale(1.0 / eps)?
+        }
+        Objective::Ssm | Objective::SsmVr => {
+            // ½(vᵀ∇log q)² + vᵀ∇ₓ(vᵀ∇log q) with ∇log q = −g (SSM-VR: ½‖g‖² for the first term).
+            let z = z.expect("checked");
+            let v = if objective == Objective::Ssm {
+                let n = z.rowdot(z)?.sqrt()?;
+                z.div(n)?.scale((d as f32).sqrt())?
+            } else {
+                z
+            };
+            let (_, g) = model.energy_and_grad(x0, true)?;
+            let vg = v.rowdot(g)?;
+            let hv = x0.tape().grad(vg.sum_all()?, &[x0], true)?[0];
+            let first = if objective == Objective::Ssm {
+                vg.square()?.scale(0.5)?
+            } else {
+                g.rowdot(g)?.scale(0.5)?
+            };
+            first.sub(v.rowdot(hv)?)?
+        }
+        Objective::ExactSm => {
+            // J = ½‖g‖² − ΔE; the Laplacian takes one backward pass per input dimension.
+            let (_, g) = model.energy_and_grad(x0, true)?;
+            let mut lap: Option<Var<'t, B>> = None;
+            for j in 0..d {
+                let gj = g.slice_cols(j, j + 1)?;
+                let h = x0.tape().grad(gj.sum_all()?, &[x0], true)?[0];
+                let hjj = h.slice_cols(j, j + 1)?;
+                lap = Some(match lap {
+                    Some(l) => l.add(hjj)?,
+                    None => hjj,
+                });
+            }
+            g.rowdot(g)?.scale(0.5)?.sub(lap.expect("d > 0"))?
+        }
+    };
+    let mut loss = per_sample.mean_all()?;
+    if let Some(r) = reg {
+        loss = loss.add(r)?;
+    }
+    Ok(Estimate {
+        per_sample,
+        loss,
+        monitor,
+        acceptance,
+    })
+}
+
+/// Mean Metropolis–Hastings acceptance probability of the Langevin proposal
+/// x' = x₀ − εᵢ∇E(x₀) + ξ targeting q (energy scale 1): a diagnostic, never part of a loss.
+fn mh_acceptance<'t, B: Backend>(
+    model: &dyn Energy<'t, B>,
+    x0: Var<'t, B>,
+    e0: Var<'t, B>,
+    g0: Var<'t, B>,
+    eps_i: Var<'t, B>,
+    xi: Var<'t, B>,
+) -> Result<Var<'t, B>> {
+    let xp = x0.sub(g0.mul(eps_i)?)?.add(xi)?.detach();
+    let (ep, gp) = model.energy_and_grad(xp, false)?;
+    // log α = E(x₀) − E(x') − ‖x₀ − x' + εᵢ∇E(x')‖²/(4εᵢ) + ‖x' − x₀ + εᵢ∇E(x₀)‖²/(4εᵢ)
+    let back = x0.sub(xp)?.add(gp.mul(eps_i)?)?;
+    let four_eps = eps_i.scale(4.0)?;
+    let log_a = e0
+        .detach()
+        .sub(ep)?
+        .sub(back.rowdot(back)?.div(four_eps)?)?
+        .add(xi.rowdot(xi)?.div(four_eps)?)?;
+    // min(1, α) = exp(min(0, log α)), min(0, y) = (y − |y|)/2.
+    let m = log_a.sub(abs(log_a)?)?.scale(0.5)?;
+    Ok(m.exp()?.mean_all()?.detach())
+}

@@ -1,0 +1,184 @@
+//! Optimisers (SPEC §7): RMSProp with TensorFlow-1 semantics (the reference's, default),
+//! RMSProp with PyTorch semantics, and Adam. One in-place GPU kernel launch per parameter
+//! tensor (`shaders/optim.wgsl`); [`Optimizer::reference_step`] is the f64 CPU twin.
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+
+/// Update rule and its hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rule {
+    /// TF1 `RMSPropOptimizer`: ms ← ρ·ms + (1−ρ)g²; mom ← μ·mom + lr·g/√(ms + ε); θ ← θ − mom.
+    /// Accumulator starts at 1. Defaults ρ = 0.9, μ = 0, ε = 1e−10.
+    RmsPropTf { decay: f32, momentum: f32, eps: f32 },
+    /// `torch.optim.RMSprop`: v ← α·v + (1−α)g²; b ← μ·b + g/(√v + ε); θ ← θ − lr·b.
+    /// Accumulator starts at 0. Defaults α = 0.99, μ = 0, ε = 1e−8.
+    RmsPropTorch { alpha: f32, momentum: f32, eps: f32 },
+    /// Adam (Kingma & Ba) with bias correction. Defaults β₁ = 0.9, β₂ = 0.999, ε = 1e−8.
+    Adam { beta1: f32, beta2: f32, eps: f32 },
+}
+
+impl Rule {
+    pub const RMSPROP_TF: Rule = Rule::RmsPropTf {
+        decay: 0.9,
+        momentum: 0.0,
+        eps: 1e-10,
+    };
+    pub const RMSPROP_TORCH: Rule = Rule::RmsPropTorch {
+        alpha: 0.99,
+        momentum: 0.0,
+        eps: 1e-8,
+    };
+    pub const ADAM: Rule = Rule::Adam {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+    };
+
+    /// `rmsprop` (TF-style), `rmsprop-torch` or `adam`.
+    pub fn from_name(name: &str) -> Result<Rule> {
+        match name {
+            "rmsprop" | "rmsprop-tf" => Ok(Rule::RMSPROP_TF),
+            "rmsprop-torch" => Ok(Rule::RMSPROP_TORCH),
+            "adam" => Ok(Rule::ADAM),
+            _ => Err(Error::Invalid(format!(
+                "unknown optimiser {name:?}; use rmsprop (TensorFlow-1 semantics), rmsprop-torch or adam"
+            ))),
+        }
+    }
+
+    /// Initial value of the first state buffer.
+    fn s1_init(&self) -> f32 {
+        match self {
+            Rule::RmsPropTf { .. } => 1.0,
+            _ => 0.0,
+        }
+    }
+
+    /// (code, f0..f3, bias corrections) for the kernel at step t (1-based).
+    fn kernel_args(&self, lr: f32, t: u32) -> (u32, [f32; 4], [f32; 2]) {
+        match *self {
+            Rule::RmsPropTf {
+                decay,
+                momentum,
+                eps,
+            } => (0, [lr, decay, eps, momentum], [1.0; 2]),
+            Rule::RmsPropTorch {
+                alpha,
+                momentum,
+                eps,
+            } => (1, [lr, alpha, eps, momentum], [1.0; 2]),
+            Rule::Adam { beta1, beta2, eps } => {
+                let bc1 = 1.0 / (1.0 - (beta1 as f64).powi(t as i32));
+                let bc2 = 1.0 / (1.0 - (beta2 as f64).powi(t as i32));
+                (2, [lr, beta1, eps, beta2], [bc1 as f32, bc2 as f32])
+            }
+        }
+    }
+}
+
+/// An optimiser over a fixed list of parameter tensors, holding their state on the GPU.
+pub struct Optimizer {
+    pub rule: Rule,
+    pub lr: f32,
+    /// Steps taken so far.
+    pub t: u32,
+    state: Vec<(Tensor, Tensor)>,
+}
+
+impl Optimizer {
+    pub fn new(gpu: &Gpu, rule: Rule, lr: f32, params: &[Tensor]) -> Result<Optimizer> {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(Error::Invalid(format!(
+                "learning rate must be positive, got {lr}"
+            )));
+        }
+        let state = params
+            .iter()
+            .map(|p| {
+                let (r, c) = p.shape();
+                Ok((gpu.full(r, c, rule.s1_init())?, gpu.full(r, c, 0.0)?))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Optimizer {
+            rule,
+            lr,
+            t: 0,
+            state,
+        })
+    }
+
+    /// θ ← update(θ, ∇θ) in place, for every parameter. Records kernels; does not wait.
+    pub fn step(&mut self, gpu: &Gpu, params: &[Tensor], grads: &[Tensor]) -> Result<()> {
+        if params.len() != self.state.len() || grads.len() != params.len() {
+            return Err(Error::Shape(format!(
+                "optimiser holds {} parameters, step got {} parameters and {} gradients",
+                self.state.len(),
+                params.len(),
+                grads.len()
+            )));
+        }
+        self.t += 1;
+        let (code, f, bc) = self.rule.kernel_args(self.lr, self.t);
+        for ((p, g), (s1, s2)) in params.iter().zip(grads).zip(&self.state) {
+            gpu.update_in_place(code, f, bc, g, p, s1, s2)?;
+        }
+        Ok(())
+    }
+
+    /// The f64 CPU reference of one step on one parameter tensor (state in `s1`, `s2`,
+    /// which start at [`Optimizer::initial_state`]); `t` is 1-based.
+    pub fn reference_step(
+        rule: Rule,
+        lr: f64,
+        t: u32,
+        p: &mut [f64],
+        g: &[f64],
+        s1: &mut [f64],
+        s2: &mut [f64],
+    ) {
+        for i in 0..p.len() {
+            match rule {
+                Rule::RmsPropTf {
+                    decay,
+                    momentum,
+                    eps,
+                } => {
+                    let (rho, mu, eps) = (decay as f64, momentum as f64, eps as f64);
+                    s1[i] = rho * s1[i] + (1.0 - rho) * g[i] * g[i];
+                    s2[i] = mu * s2[i] + lr * g[i] / (s1[i] + eps).sqrt();
+                    p[i] -= s2[i];
+                }
+                Rule::RmsPropTorch {
+                    alpha,
+                    momentum,
+                    eps,
+                } => {
+                    let (a, mu, eps) = (alpha as f64, momentum as f64, eps as f64);
+                    s1[i] = a * s1[i] + (1.0 - a) * g[i] * g[i];
+                    s2[i] = mu * s2[i] + g[i] / (s1[i].sqrt() + eps);
+                    p[i] -= lr * s2[i];
+                }
+                Rule::Adam { beta1, beta2, eps } => {
+                    let (b1, b2, eps) = (beta1 as f64, beta2 as f64, eps as f64);
+                    s1[i] = b1 * s1[i] + (1.0 - b1) * g[i];
+                    s2[i] = b2 * s2[i] + (1.0 - b2) * g[i] * g[i];
+                    let mhat = s1[i] / (1.0 - b1.powi(t as i32));
+                    let vhat = s2[i] / (1.0 - b2.powi(t as i32));
+                    p[i] -= lr * mhat / (vhat.sqrt() + eps);
+                }
+            }
+        }
+    }
+
+    /// Initial (s1, s2) values of a rule's state.
+    pub fn initial_state(rule: Rule) -> (f64, f64) {
+        (rule.s1_init() as f64, 0.0)
+    }
+
+    /// The optimiser state tensors (s1, s2) of each parameter, e.g. for checkpoints.
+    pub fn state(&self) -> &[(Tensor, Tensor)] {
+        &self.state
+    }
+}

@@ -1,0 +1,814 @@
+//! Every GPU kernel against the f64 CPU reference (`wmvl::cpu::Cpu`), through the `Backend`
+//! trait, on fresh random inputs of awkward shapes; plus the derivative formulas of `Fun`
+//! against finite differences, input validation, allocation limits and the buffer pool.
+//!
+//! Tolerances: ‖gpu − ref‖/‖ref‖ < 1e-5 for elementwise ops (f32 rounds each result to
+//! 2⁻²⁴ ≈ 6e-8 relative; transcendental functions on the GPU add a few ulp), < 1e-4 for
+//! matmul and reductions (f32 accumulation over up to ~10⁵ terms). Data movement (gather,
+//! scatter of exactly representable values, fill) must match exactly.
+//!
+//! One `Gpu` serves the whole binary (tests run in parallel threads on it; `Gpu` is Sync),
+//! except the pool test, which needs an allocation counter no other test touches.
+
+use std::sync::OnceLock;
+
+use proptest::prelude::*;
+use rand_core::{RngCore, SeedableRng};
+use rand_pcg::Pcg64;
+
+use wmvl::backend::Backend;
+use wmvl::cpu::{Cpu, Mat};
+use wmvl::gpu::{Gpu, Tensor};
+use wmvl::ops::{broadcast_shape, Axis, BinOp, Fun, MAX_ORDER};
+use wmvl::tape::Tape;
+use wmvl::Error;
+
+const ELEMENTWISE_TOL: f64 = 1e-5;
+const MATMUL_TOL: f64 = 1e-4;
+const REDUCE_TOL: f64 = 1e-4;
+
+fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| Gpu::new().unwrap_or_else(|e| panic!("cannot open a GPU adapter: {e}")))
+}
+
+fn rng(seed: u64) -> Pcg64 {
+    Pcg64::seed_from_u64(seed)
+}
+
+/// Uniform on [lo, hi).
+fn uniform(r: &mut Pcg64, lo: f64, hi: f64) -> f32 {
+    let u = (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    (lo + (hi - lo) * u) as f32
+}
+
+fn random_vec(r: &mut Pcg64, n: usize, lo: f64, hi: f64) -> Vec<f32> {
+    (0..n).map(|_| uniform(r, lo, hi)).collect()
+}
+
+/// The same f32 data on both devices.
+fn pair(rows: usize, cols: usize, data: &[f32]) -> (Tensor, Mat) {
+    let g = gpu().upload(rows, cols, data).expect("upload");
+    (g, Mat::from_f32(rows, cols, data).expect("cpu matrix"))
+}
+
+/// A fresh random (rows, cols) operand with entries uniform in [lo, hi).
+fn random_pair(r: &mut Pcg64, rows: usize, cols: usize, lo: f64, hi: f64) -> (Tensor, Mat) {
+    pair(rows, cols, &random_vec(r, rows * cols, lo, hi))
+}
+
+/// ‖a − b‖ / ‖b‖ (‖a − b‖ when b = 0).
+fn rel_err(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let den: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    if den > 0.0 {
+        num / den
+    } else {
+        num
+    }
+}
+
+/// Read `g` back, check its shape against the reference and return ‖g − c‖/‖c‖.
+fn compare(what: &str, g: &Tensor, c: &Mat) -> f64 {
+    assert_eq!(gpu().shape(g), Cpu.shape(c), "{what}: shape");
+    let v = gpu()
+        .read(g)
+        .unwrap_or_else(|e| panic!("{what}: read: {e}"));
+    assert_eq!(v.len(), c.data.len(), "{what}: length");
+    assert!(
+        v.iter().all(|x| x.is_finite()),
+        "{what}: non-finite GPU output"
+    );
+    rel_err(&v, &c.data)
+}
+
+fn assert_close(what: &str, g: &Tensor, c: &Mat, tol: f64) {
+    let e = compare(what, g, c);
+    assert!(e < tol, "{what}: relative error {e:.3e} ≥ {tol:.0e}");
+}
+
+fn assert_exact(what: &str, g: &Tensor, c: &Mat) {
+    assert_eq!(gpu().shape(g), Cpu.shape(c), "{what}: shape");
+    let v = gpu()
+        .read(g)
+        .unwrap_or_else(|e| panic!("{what}: read: {e}"));
+    let want: Vec<f32> = c.to_f32();
+    assert_eq!(v, want, "{what}: GPU and CPU differ");
+}
+
+// ---------------------------------------------------------------------------------------
+// full, affine
+
+#[test]
+fn full_matches_cpu() {
+    for (i, &(r, c)) in [(1, 1), (1, 300), (300, 1), (17, 29), (300, 130)]
+        .iter()
+        .enumerate()
+    {
+        let value = [3.25f32, -0.7, 1e-3, 12345.5, -2.0][i];
+        let g = gpu().full(r, c, value).unwrap();
+        let m = Cpu.full(r, c, value).unwrap();
+        assert_exact(&format!("full {r}x{c} = {value}"), &g, &m);
+    }
+}
+
+#[test]
+fn affine_matches_cpu() {
+    let mut r = rng(1);
+    let cases = [
+        (1, 1, 2.5, -4.0),
+        (1, 257, -1.7, 0.3),
+        (257, 1, 0.5, 1.0),
+        (300, 130, -3.0, 0.25),
+    ];
+    for &(rows, cols, a, b) in &cases {
+        let (g, c) = random_pair(&mut r, rows, cols, -3.0, 3.0);
+        let gy = gpu().affine(&g, a, b).unwrap();
+        let cy = Cpu.affine(&c, a, b).unwrap();
+        assert_close(
+            &format!("affine {rows}x{cols} a={a} b={b}"),
+            &gy,
+            &cy,
+            ELEMENTWISE_TOL,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// matmul
+
+/// Stored shapes of A and B such that op(A) is m×k and op(B) is k×n.
+fn matmul_operands(
+    r: &mut Pcg64,
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: bool,
+    tb: bool,
+) -> [(Tensor, Mat); 2] {
+    let (ar, ac) = if ta { (k, m) } else { (m, k) };
+    let (br, bc) = if tb { (n, k) } else { (k, n) };
+    [
+        random_pair(r, ar, ac, -1.0, 1.0),
+        random_pair(r, br, bc, -1.0, 1.0),
+    ]
+}
+
+fn check_matmul(r: &mut Pcg64, m: usize, k: usize, n: usize, ta: bool, tb: bool) -> f64 {
+    let [(ga, ca), (gb, cb)] = matmul_operands(r, m, k, n, ta, tb);
+    let g = gpu().matmul(&ga, &gb, ta, tb).unwrap();
+    let c = Cpu.matmul(&ca, &cb, ta, tb).unwrap();
+    assert_eq!(Cpu.shape(&c), (m, n));
+    compare(&format!("matmul m={m} k={k} n={n} ta={ta} tb={tb}"), &g, &c)
+}
+
+#[test]
+fn matmul_awkward_shapes_all_transposes() {
+    let mut r = rng(2);
+    // (m, k, n): 1x1x1, single rows/columns, K = 1, K below / at / just above the K step 16,
+    // exact 64x64 tiles, one past the tile, and a larger non-multiple.
+    let shapes = [
+        (1, 1, 1),
+        (1, 37, 1),
+        (1, 5, 130),
+        (130, 5, 1),
+        (3, 1, 5),
+        (7, 16, 9),
+        (64, 16, 64),
+        (65, 17, 63),
+        (129, 33, 66),
+        (300, 130, 70),
+    ];
+    for &(m, k, n) in &shapes {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let e = check_matmul(&mut r, m, k, n, ta, tb);
+            assert!(
+                e < MATMUL_TOL,
+                "matmul m={m} k={k} n={n} ta={ta} tb={tb}: relative error {e:.3e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn matmul_inner_size_zero_gives_zeros() {
+    let a = gpu().upload(3, 0, &[]).unwrap();
+    let b = gpu().upload(0, 4, &[]).unwrap();
+    let g = gpu().matmul(&a, &b, false, false).unwrap();
+    assert_eq!(g.shape(), (3, 4));
+    assert_eq!(gpu().read(&g).unwrap(), vec![0.0; 12]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn matmul_random_shapes(m in 1usize..150, k in 1usize..100, n in 1usize..150,
+                            ta: bool, tb: bool, seed: u64) {
+        let e = check_matmul(&mut rng(seed), m, k, n, ta, tb);
+        prop_assert!(e < MATMUL_TOL, "relative error {:.3e}", e);
+    }
+
+    #[test]
+    fn binary_random_shapes(rows in 1usize..90, cols in 1usize..90, pa in 0usize..4,
+                            pb in 0usize..4, op in 0usize..4, seed: u64) {
+        let op = OPS[op];
+        let e = check_binary(&mut rng(seed), op, pattern(rows, cols, pa), pattern(rows, cols, pb));
+        prop_assert!(e < ELEMENTWISE_TOL, "{:?}: relative error {:.3e}", op, e);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// binary ops with broadcasting
+
+const OPS: [BinOp; 4] = [BinOp::Add, BinOp::Sub, BinOp::Mul, BinOp::Div];
+
+/// Full (r, c), a row (1, c), a column (r, 1) or a scalar (1, 1).
+fn pattern(rows: usize, cols: usize, p: usize) -> (usize, usize) {
+    [(rows, cols), (1, cols), (rows, 1), (1, 1)][p]
+}
+
+/// Operands in ±[0.5, 2] (so that denominators stay away from 0), random signs.
+fn signed_away_from_zero(r: &mut Pcg64, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let v = uniform(r, 0.5, 2.0);
+            if r.next_u32() & 1 == 0 {
+                v
+            } else {
+                -v
+            }
+        })
+        .collect()
+}
+
+fn check_binary(r: &mut Pcg64, op: BinOp, sa: (usize, usize), sb: (usize, usize)) -> f64 {
+    let (ga, ca) = pair(sa.0, sa.1, &signed_away_from_zero(r, sa.0 * sa.1));
+    let (gb, cb) = pair(sb.0, sb.1, &signed_away_from_zero(r, sb.0 * sb.1));
+    let g = gpu().binary(op, &ga, &gb).unwrap();
+    let c = Cpu.binary(op, &ca, &cb).unwrap();
+    assert_eq!(Some(Cpu.shape(&c)), broadcast_shape(sa, sb));
+    compare(&format!("{op:?} {sa:?} with {sb:?}"), &g, &c)
+}
+
+#[test]
+fn binary_every_broadcast_pattern() {
+    let mut r = rng(3);
+    for &(rows, cols) in &[(1, 1), (1, 7), (7, 1), (5, 3), (17, 257), (300, 130)] {
+        let full = (rows, cols);
+        for op in OPS {
+            // Broadcast operand on the right, then on the left.
+            for p in 0..4 {
+                let small = pattern(rows, cols, p);
+                for (sa, sb) in [(full, small), (small, full)] {
+                    let e = check_binary(&mut r, op, sa, sb);
+                    assert!(
+                        e < ELEMENTWISE_TOL,
+                        "{op:?} {sa:?} with {sb:?}: relative error {e:.3e}"
+                    );
+                }
+            }
+            // Outer broadcast: a column against a row.
+            let e = check_binary(&mut r, op, (rows, 1), (1, cols));
+            assert!(
+                e < ELEMENTWISE_TOL,
+                "{op:?} outer {rows}x{cols}: relative error {e:.3e}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// map: every function, every derivative order
+
+/// Random arguments on which `f` is defined and well conditioned.
+fn map_inputs(r: &mut Pcg64, f: Fun, n: usize) -> Vec<f32> {
+    if f.needs_positive() {
+        random_vec(r, n, 0.2, 5.0)
+    } else {
+        // Both branches of Elu (x > 0 and x ≤ 0), both signs everywhere else.
+        random_vec(r, n, -4.0, 4.0)
+    }
+}
+
+#[test]
+fn map_every_fun_and_order() {
+    let mut r = rng(4);
+    for f in Fun::ALL {
+        for &(rows, cols) in &[(1, 1), (1, 257), (257, 1), (37, 29)] {
+            let (g, c) = pair(rows, cols, &map_inputs(&mut r, f, rows * cols));
+            for order in 0..=MAX_ORDER {
+                let gy = gpu().map(f, order, &g).unwrap();
+                let cy = Cpu.map(f, order, &c).unwrap();
+                assert_close(
+                    &format!("{f:?}^({order}) on {rows}x{cols}"),
+                    &gy,
+                    &cy,
+                    ELEMENTWISE_TOL,
+                );
+            }
+        }
+    }
+}
+
+/// Sigmoid-type functions over a wide range (±30): all orders, norm-wise accuracy.
+#[test]
+fn map_wide_range() {
+    let mut r = rng(5);
+    for f in [Fun::Swish, Fun::Sigmoid, Fun::Softplus, Fun::Tanh, Fun::Elu] {
+        let (g, c) = random_pair(&mut r, 41, 23, -30.0, 30.0);
+        for order in 0..=MAX_ORDER {
+            let gy = gpu().map(f, order, &g).unwrap();
+            let cy = Cpu.map(f, order, &c).unwrap();
+            assert_close(
+                &format!("{f:?}^({order}) on [-30, 30]"),
+                &gy,
+                &cy,
+                ELEMENTWISE_TOL,
+            );
+        }
+    }
+}
+
+/// Overflow-prone arguments: every value finite and within 1e-5 of the reference,
+/// absolutely for small results and relatively for large ones. A naive σ(x) = 1/(1 + e⁻ˣ)
+/// or log(1 + eˣ) in f32 overflows to inf/NaN at |x| ≳ 89.
+#[test]
+fn map_extreme_arguments_stay_finite_and_accurate() {
+    let xs: Vec<f32> = vec![
+        -100.0, -88.5, -30.0, -17.5, -10.0, -0.001, 0.001, 10.0, 17.5, 30.0, 88.5, 100.0,
+    ];
+    let (g, c) = pair(1, xs.len(), &xs);
+    for f in [Fun::Swish, Fun::Sigmoid, Fun::Softplus, Fun::Tanh, Fun::Elu] {
+        for order in 0..=MAX_ORDER {
+            let gy = gpu().read(&gpu().map(f, order, &g).unwrap()).unwrap();
+            let cy = Cpu.map(f, order, &c).unwrap();
+            for ((&x, &got), &want) in xs.iter().zip(&gy).zip(&cy.data) {
+                assert!(got.is_finite(), "{f:?}^({order})({x}) = {got}");
+                let err = (got as f64 - want).abs();
+                assert!(
+                    err <= 1e-5 * want.abs().max(1.0),
+                    "{f:?}^({order})({x}) = {got}, reference {want}"
+                );
+            }
+        }
+    }
+}
+
+/// Order 0 of `Fun::eval` against textbook definitions written independently here.
+#[test]
+fn fun_eval_order0_matches_definitions() {
+    let def = |f: Fun, x: f64| -> f64 {
+        match f {
+            Fun::Swish => x / (1.0 + (-x).exp()),
+            Fun::Tanh => (x.exp() - (-x).exp()) / (x.exp() + (-x).exp()),
+            Fun::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Fun::Softplus => (1.0 + x.exp()).ln(),
+            Fun::Elu => {
+                if x > 0.0 {
+                    x
+                } else {
+                    x.exp() - 1.0
+                }
+            }
+            Fun::Exp => x.exp(),
+            Fun::Log => x.ln(),
+            Fun::Square => x * x,
+            Fun::Sqrt => x.sqrt(),
+            Fun::Recip => 1.0 / x,
+        }
+    };
+    for f in Fun::ALL {
+        for x in [-3.1, -0.6, 0.05, 0.7, 2.3, 4.4] {
+            let x: f64 = if f.needs_positive() { f64::abs(x) } else { x };
+            let (got, want) = (f.eval(0, x), def(f, x));
+            assert!(
+                (got - want).abs() <= 1e-12 * want.abs().max(1.0),
+                "{f:?}({x}) = {got}, want {want}"
+            );
+        }
+    }
+}
+
+/// f⁽ᵏ⁺¹⁾(x) ≈ (f⁽ᵏ⁾(x + h) − f⁽ᵏ⁾(x − h)) / 2h in f64. Truncation error h²/6·|f⁽ᵏ⁺³⁾|
+/// ≲ 1e-10·|f⁽ᵏ⁺³⁾| and rounding error ~ε|f⁽ᵏ⁾|/h ≈ 1e-11·|f⁽ᵏ⁾| with h = 1e-5 are far
+/// below the tolerance 1e-6·max(1, |f⁽ᵏ⁺¹⁾|); a wrong formula misses by O(1).
+#[test]
+fn fun_eval_derivatives_match_finite_differences() {
+    let h = 1e-5;
+    for f in Fun::ALL {
+        // Away from Elu's kink at 0; positive arguments well inside the domain.
+        let points: &[f64] = if f.needs_positive() {
+            &[0.3, 0.8, 1.7, 3.2, 7.5]
+        } else {
+            &[-6.0, -2.3, -0.7, -0.1, 0.4, 1.1, 2.9, 6.0]
+        };
+        for k in 0..MAX_ORDER {
+            for &x in points {
+                let fd = (f.eval(k, x + h) - f.eval(k, x - h)) / (2.0 * h);
+                let exact = f.eval(k + 1, x);
+                assert!(
+                    (fd - exact).abs() <= 1e-6 * exact.abs().max(1.0),
+                    "{f:?}: order {} at {x} is {exact}, finite difference of order {k} gives {fd}",
+                    k + 1
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// reductions
+
+#[test]
+fn sum_short_and_long_reductions() {
+    let mut r = rng(6);
+    // Reduced lengths ≤ 64 take the thread-per-output kernel, longer ones the workgroup
+    // tree: (64, 3) and (3, 64) sit at the boundary, (65, 3) / (8, 9) just past it,
+    // (1000, 1) and (1, 1000) are a long single column / row, (513, 257) is long both ways.
+    let shapes = [
+        (1, 1),
+        (5, 7),
+        (64, 3),
+        (3, 64),
+        (8, 8),
+        (65, 3),
+        (3, 65),
+        (8, 9),
+        (1000, 1),
+        (1, 1000),
+        (300, 130),
+        (513, 257),
+    ];
+    for &(rows, cols) in &shapes {
+        let (g, c) = random_pair(&mut r, rows, cols, -1.0, 1.0);
+        for axis in [Axis::Rows, Axis::Cols, Axis::All] {
+            let gy = gpu().sum(&g, axis).unwrap();
+            let cy = Cpu.sum(&c, axis).unwrap();
+            assert_close(
+                &format!("sum {axis:?} of {rows}x{cols}"),
+                &gy,
+                &cy,
+                REDUCE_TOL,
+            );
+        }
+    }
+}
+
+#[test]
+fn rowdot_matches_cpu() {
+    let mut r = rng(7);
+    for &(rows, cols) in &[(1, 1), (5, 64), (7, 65), (300, 130), (1, 1000), (1000, 1)] {
+        let (ga, ca) = random_pair(&mut r, rows, cols, -1.0, 1.0);
+        let (gb, cb) = random_pair(&mut r, rows, cols, -1.0, 1.0);
+        let g = gpu().rowdot(&ga, &gb).unwrap();
+        let c = Cpu.rowdot(&ca, &cb).unwrap();
+        assert_close(&format!("rowdot {rows}x{cols}"), &g, &c, REDUCE_TOL);
+    }
+}
+
+/// More elements than 256 × the workgroups per grid dimension (65535 × 256 ≈ 16.8M):
+/// the 1-D kernels switch to a 2-D grid (`linear_id` in `shaders/common.wgsl`). About 3 s
+/// on lavapipe, which pays ~17 µs per workgroup.
+#[test]
+fn elementwise_on_two_dimensional_grid() {
+    let mut r = rng(8);
+    let max = gpu().report().limits.max_compute_workgroups_per_dimension as usize;
+    let n = max * 256 + 1001;
+    let (g, c) = random_pair(&mut r, 1, n, -1.0, 1.0);
+    let gy = gpu().affine(&g, -1.5, 0.5).unwrap();
+    assert_close(
+        "affine on a 2-D grid",
+        &gy,
+        &Cpu.affine(&c, -1.5, 0.5).unwrap(),
+        ELEMENTWISE_TOL,
+    );
+}
+
+/// A long reduction with more outputs than workgroups per grid dimension: one workgroup
+/// per output on a 2-D grid. Ignored by default: ~8 s on lavapipe (65 600 workgroups with
+/// barriers); run with `cargo test --release --test kernels -- --ignored` on a real GPU.
+#[test]
+#[ignore = "slow on lavapipe; run with --ignored on a GPU"]
+fn reduction_on_two_dimensional_grid() {
+    let mut r = rng(15);
+    let max = gpu().report().limits.max_compute_workgroups_per_dimension as usize;
+    let (g, c) = random_pair(&mut r, max + 65, 66, -1.0, 1.0);
+    let gy = gpu().sum(&g, Axis::Cols).unwrap();
+    assert_close(
+        "sum Cols on a 2-D grid",
+        &gy,
+        &Cpu.sum(&c, Axis::Cols).unwrap(),
+        REDUCE_TOL,
+    );
+    let (gb, cb) = random_pair(&mut r, max + 65, 66, -1.0, 1.0);
+    let gd = gpu().rowdot(&g, &gb).unwrap();
+    assert_close(
+        "rowdot on a 2-D grid",
+        &gd,
+        &Cpu.rowdot(&c, &cb).unwrap(),
+        REDUCE_TOL,
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// broadcasting and data movement
+
+#[test]
+fn expand_matches_cpu() {
+    let mut r = rng(9);
+    for &(rows, cols) in &[(1, 1), (7, 300), (300, 7), (1, 257), (257, 1), (17, 29)] {
+        for src in [(1, cols), (rows, 1), (1, 1)] {
+            let (g, c) = random_pair(&mut r, src.0, src.1, -2.0, 2.0);
+            let gy = gpu().expand(&g, rows, cols).unwrap();
+            let cy = Cpu.expand(&c, rows, cols).unwrap();
+            assert_exact(&format!("expand {src:?} to {rows}x{cols}"), &gy, &cy);
+        }
+    }
+}
+
+#[test]
+fn concat_slice_pad_match_cpu() {
+    let mut r = rng(10);
+    for &(rows, ca, cb) in &[
+        (1, 1, 1),
+        (1, 256, 3),
+        (257, 1, 1),
+        (300, 130, 7),
+        (17, 0, 5),
+        (4, 3, 0),
+    ] {
+        let (ga, ma) = random_pair(&mut r, rows, ca, -2.0, 2.0);
+        let (gb, mb) = random_pair(&mut r, rows, cb, -2.0, 2.0);
+        let g = gpu().concat_cols(&ga, &gb).unwrap();
+        let c = Cpu.concat_cols(&ma, &mb).unwrap();
+        assert_exact(&format!("concat {rows}x{ca} | {rows}x{cb}"), &g, &c);
+    }
+    for &(rows, cols, start, end) in &[
+        (1, 1, 0, 1),
+        (1, 257, 0, 257),
+        (257, 1, 0, 1),
+        (17, 29, 28, 29),
+        (300, 130, 7, 100),
+        (5, 9, 4, 4),
+    ] {
+        let (g, c) = random_pair(&mut r, rows, cols, -2.0, 2.0);
+        let gy = gpu().slice_cols(&g, start, end).unwrap();
+        let cy = Cpu.slice_cols(&c, start, end).unwrap();
+        assert_exact(&format!("slice {rows}x{cols} [{start}..{end})"), &gy, &cy);
+    }
+    for &(rows, cols, start, total) in &[
+        (1, 1, 0, 1),
+        (257, 1, 3, 5),
+        (17, 29, 0, 29),
+        (300, 93, 7, 130),
+        (1, 3, 254, 257),
+    ] {
+        let (g, c) = random_pair(&mut r, rows, cols, -2.0, 2.0);
+        let gy = gpu().pad_cols(&g, start, total).unwrap();
+        let cy = Cpu.pad_cols(&c, start, total).unwrap();
+        assert_exact(
+            &format!("pad {rows}x{cols} at {start} of {total}"),
+            &gy,
+            &cy,
+        );
+    }
+}
+
+fn random_indices(r: &mut Pcg64, len: usize, bound: usize) -> Vec<u32> {
+    (0..len)
+        .map(|_| (r.next_u64() % bound as u64) as u32)
+        .collect()
+}
+
+fn has_repeat(idx: &[u32]) -> bool {
+    idx.iter().enumerate().any(|(i, a)| idx[..i].contains(a))
+}
+
+#[test]
+fn gather_rows_with_repeats() {
+    let mut r = rng(11);
+    let cases: Vec<(usize, usize, Vec<u32>)> = vec![
+        (1, 1, vec![0, 0, 0]),
+        (5, 3, vec![4, 4, 0, 2, 4]),
+        (257, 1, random_indices(&mut r, 300, 257)),
+        (300, 130, random_indices(&mut r, 500, 300)),
+    ];
+    for (rows, cols, idx) in cases {
+        assert!(has_repeat(&idx), "test indices {idx:?} should repeat");
+        let (g, c) = random_pair(&mut r, rows, cols, -2.0, 2.0);
+        let gi = gpu().upload_index(&idx, rows as u32).unwrap();
+        assert_eq!(gpu().read_index(&gi).unwrap(), idx);
+        let gy = gpu().gather_rows(&g, &gi).unwrap();
+        let cy = Cpu.gather_rows(&c, &idx).unwrap();
+        assert_exact(
+            &format!("gather {} rows of {rows}x{cols}", idx.len()),
+            &gy,
+            &cy,
+        );
+    }
+}
+
+/// Values are multiples of 1/8 in [−16, 16): every partial sum is exact in f32, so the
+/// GPU's sums (in index order) equal the f64 reference exactly.
+#[test]
+fn scatter_add_rows_with_repeats_is_exact() {
+    let mut r = rng(12);
+    let cases: Vec<(usize, usize, Vec<u32>)> = vec![
+        (1, 1, vec![0, 0, 0]),
+        (4, 1, vec![2]),
+        (6, 5, vec![5, 0, 5, 5, 1, 0, 3]),
+        (300, 130, random_indices(&mut r, 500, 300)),
+        (7, 257, random_indices(&mut r, 40, 7)),
+    ];
+    for (n, cols, idx) in cases {
+        assert!(
+            idx.len() < 2 || has_repeat(&idx),
+            "test indices {idx:?} should repeat"
+        );
+        let data: Vec<f32> = (0..idx.len() * cols)
+            .map(|_| (r.next_u32() % 256) as f32 / 8.0 - 16.0)
+            .collect();
+        let (g, c) = pair(idx.len(), cols, &data);
+        let gi = gpu().upload_index(&idx, n as u32).unwrap();
+        let gy = gpu().scatter_add_rows(&g, &gi, n).unwrap();
+        let cy = Cpu.scatter_add_rows(&c, &idx, n).unwrap();
+        assert_exact(
+            &format!("scatter {} rows into {n}x{cols}", idx.len()),
+            &gy,
+            &cy,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// validation and errors
+
+#[test]
+fn upload_rejects_non_finite_values_naming_row_and_column() {
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut data = vec![0.5f32; 12];
+        data[9] = bad; // row 1, column 3 of a 2x6 tensor
+        match gpu().upload(2, 6, &data) {
+            Err(Error::Invalid(m)) => {
+                assert!(
+                    m.contains("row 1") && m.contains("column 3"),
+                    "message {m:?} does not name row 1, column 3"
+                )
+            }
+            other => panic!("upload of {bad}: expected Err(Invalid), got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn upload_rejects_wrong_length() {
+    assert!(matches!(
+        gpu().upload(3, 4, &[1.0; 11]),
+        Err(Error::Shape(_))
+    ));
+    assert!(matches!(
+        gpu().upload(3, 4, &[1.0; 13]),
+        Err(Error::Shape(_))
+    ));
+    assert!(matches!(gpu().upload(0, 4, &[1.0]), Err(Error::Shape(_))));
+}
+
+#[test]
+fn upload_index_rejects_out_of_range() {
+    assert!(matches!(
+        gpu().upload_index(&[0, 4, 5, 1], 5),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        gpu().upload_index(&[0], 0),
+        Err(Error::Invalid(_))
+    ));
+    let ok = gpu().upload_index(&[0, 4, 4, 1], 5).unwrap();
+    assert_eq!((ok.len(), ok.bound()), (4, 5));
+}
+
+#[test]
+fn tape_shape_errors_are_errors() {
+    let mut r = rng(13);
+    let tape = Tape::new(gpu());
+    let leaf = |rows: usize, cols: usize, r: &mut Pcg64| {
+        tape.leaf(
+            gpu()
+                .upload(rows, cols, &random_vec(r, rows * cols, -1.0, 1.0))
+                .unwrap(),
+        )
+    };
+    let a = leaf(2, 3, &mut r);
+    let b = leaf(4, 5, &mut r);
+    let c = leaf(3, 2, &mut r);
+    assert!(matches!(a.matmul(b), Err(Error::Shape(_))));
+    assert!(matches!(a.matmul_t(c, true, false), Err(Error::Shape(_))));
+    assert!(matches!(a.add(c), Err(Error::Shape(_))));
+    assert!(matches!(a.div(b), Err(Error::Shape(_))));
+    assert!(matches!(a.rowdot(c), Err(Error::Shape(_))));
+    assert!(matches!(a.concat_cols(b), Err(Error::Shape(_))));
+    assert!(matches!(a.slice_cols(2, 4), Err(Error::Shape(_))));
+    assert!(matches!(a.pad_cols(1, 3), Err(Error::Shape(_))));
+    assert!(matches!(a.expand(4, 3), Err(Error::Shape(_))));
+    assert!(matches!(tape.grad(a, &[a], false), Err(Error::Shape(_))));
+    let i = tape.index(gpu().upload_index(&[0, 3], 4).unwrap());
+    assert!(matches!(a.gather_rows(i), Err(Error::Invalid(_))));
+    // The well-shaped versions work, and match the CPU.
+    let y = a.matmul(c).unwrap();
+    let ac = Mat::from_f32(2, 3, &gpu().read(&a.value()).unwrap()).unwrap();
+    let cc = Mat::from_f32(3, 2, &gpu().read(&c.value()).unwrap()).unwrap();
+    assert_close(
+        "tape matmul",
+        &y.value(),
+        &Cpu.matmul(&ac, &cc, false, false).unwrap(),
+        MATMUL_TOL,
+    );
+}
+
+#[test]
+fn oversized_allocation_is_out_of_memory() {
+    let g = gpu();
+    let limit = g.report().limits.max_storage_buffer_binding_size as usize;
+    let cols = 1024;
+    let rows = limit / (4 * cols) + 1; // one row more than the largest storage binding
+    match g.full(rows, cols, 1.0) {
+        Err(Error::OutOfMemory(_)) => {}
+        other => panic!("{rows}x{cols} fill: expected Err(OutOfMemory), got {other:?}"),
+    }
+    // A matmul whose output is too large, through the tape.
+    let tape = Tape::new(g);
+    let a = tape.leaf(g.upload(rows, 1, &vec![0.5; rows]).unwrap());
+    let b = tape.leaf(g.upload(1, cols, &vec![0.25; cols]).unwrap());
+    assert!(matches!(a.matmul(b), Err(Error::OutOfMemory(_))));
+    // The device is still usable afterwards.
+    let t = g.full(2, 2, 7.0).unwrap();
+    assert_eq!(g.read(&t).unwrap(), vec![7.0; 4]);
+}
+
+/// Its own `Gpu`: `allocated_bytes` counts the whole device, and the other tests
+/// allocate concurrently on the shared one.
+#[test]
+fn buffer_pool_reuses_memory() {
+    let g = Gpu::new().expect("gpu");
+    let mut r = rng(14);
+    let data = random_vec(&mut r, 100 * 37, -1.0, 1.0);
+    let first = g.upload(100, 37, &data).unwrap();
+    let y = g.affine(&first, 2.0, 1.0).unwrap();
+    assert!(g
+        .read(&y)
+        .unwrap()
+        .iter()
+        .zip(&data)
+        .all(|(a, b)| (a - (2.0 * b + 1.0)).abs() < 1e-6));
+    let held = g.allocated_bytes();
+    assert!(
+        held >= 2 * 4 * 100 * 37,
+        "{held} bytes held for two 100x37 tensors"
+    );
+    drop((first, y));
+    for round in 0..3 {
+        let x = g.upload(100, 37, &data).unwrap();
+        let y = g.affine(&x, -1.0, 0.0).unwrap();
+        let v = g.read(&y).unwrap();
+        assert_eq!(v[5], -data[5]);
+        assert_eq!(
+            g.allocated_bytes(),
+            held,
+            "round {round}: the pool did not reuse freed buffers"
+        );
+    }
+}
+
+/// Several threads sharing one `Gpu` (it is Sync): each must get its own results.
+#[test]
+fn concurrent_use_from_threads() {
+    let g = gpu();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            s.spawn(move || {
+                let mut r = rng(100 + t);
+                for it in 0..60 {
+                    let data = random_vec(&mut r, 300, -1.0, 1.0);
+                    let x = g.upload(3, 100, &data).unwrap();
+                    let (a, b) = (t as f32 + 1.0, it as f32);
+                    let y = g.affine(&g.affine(&x, a, 0.5).unwrap(), 1.0, b).unwrap();
+                    let v = g.read(&y).unwrap();
+                    for (got, d) in v.iter().zip(&data) {
+                        let want = a * d + 0.5 + b;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "thread {t} iteration {it}: {got} ≠ {want}"
+                        );
+                    }
+                }
+            });
+        }
+    });
+}
