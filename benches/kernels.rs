@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use wmvl::backend::{Backend, RandomFill};
-use wmvl::gpu::{Gpu, MatMulKernel, Tensor};
+use wmvl::gpu::{Gpu, Tensor};
 use wmvl::ops::{Axis, BinOp};
 use wmvl::rng::Dist;
 
@@ -46,13 +46,7 @@ fn main() -> wmvl::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let gpu = Gpu::new()?;
     let r = gpu.report();
-    println!(
-        "adapter: {} ({}, {}); default matmul: {:?}",
-        r.name,
-        r.backend,
-        r.device_type,
-        gpu.matmul_kernel()
-    );
+    println!("adapter: {} ({}, {})", r.name, r.backend, r.device_type);
     let trials = if quick { 3 } else { 7 };
 
     let big = r.device_type != "Cpu";
@@ -68,22 +62,12 @@ fn main() -> wmvl::Result<()> {
         let b = gpu.random(n, n, Dist::STANDARD_NORMAL, 1, 2)?;
         let reps =
             (if big { 2e10 } else { 2e8 } / (2.0 * (n as f64).powi(3))).clamp(1.0, 64.0) as usize;
-        for (kernel, ta, tb) in [
-            (MatMulKernel::Tiled, false, false),
-            (MatMulKernel::Tiled, true, false),
-            (MatMulKernel::Tiled, false, true),
-            (MatMulKernel::Direct, false, false),
-            (MatMulKernel::Direct, true, false),
-            (MatMulKernel::Direct, false, true),
-        ] {
+        for (ta, tb) in [(false, false), (true, false), (false, true)] {
             let (s, clock) = time(&gpu, reps, trials, &|| {
-                (0..reps)
-                    .map(|_| gpu.matmul_with(kernel, &a, &b, ta, tb))
-                    .collect()
+                (0..reps).map(|_| gpu.matmul(&a, &b, ta, tb)).collect()
             })?;
             println!(
-                "matmul {:<6} n={n:<5} ta={ta:<5} tb={tb:<5} {:>9.2} GFLOP/s  ({:.3} ms/launch, {clock} clock)",
-                format!("{kernel:?}").to_lowercase(),
+                "matmul      n={n:<5} ta={ta:<5} tb={tb:<5} {:>9.2} GFLOP/s  ({:.3} ms/launch, {clock} clock)",
                 2.0 * (n as f64).powi(3) / s / 1e9,
                 s * 1e3
             );

@@ -3,21 +3,23 @@
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-// Element (r, c) of an (nr, nc) operand broadcast over size-1 dimensions.
-fn bcast_index(r: u32, c: u32, nr: u32, nc: u32) -> u32 {
-    return select(r, 0u, nr == 1u) * nc + select(c, 0u, nc == 1u);
+// code: 0 add, 1 sub, 2 mul, 3 div, 4 copy a (broadcast / expand). Matches ops::BinOp.
+// Integer division is slow on CPU implementations (no SIMD divide), so the row and column
+// are only computed for an operand that is actually broadcast.
+fn operand_index(i: u32, nr: u32, nc: u32) -> u32 {
+    if (nr == p.rows && nc == p.cols) { return i; }
+    if (nr == 1u && nc == 1u) { return 0u; }
+    if (nr == 1u) { return i % p.cols; }
+    return i / p.cols;
 }
 
-// code: 0 add, 1 sub, 2 mul, 3 div, 4 copy a (broadcast / expand). Matches ops::BinOp.
 @compute @workgroup_size(256)
 fn binary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_id(gid, nwg);
     if (i >= p.n) { return; }
-    let r = i / p.cols;
-    let c = i % p.cols;
-    let x = a[bcast_index(r, c, p.a_rows, p.a_cols)];
+    let x = a[operand_index(i, p.a_rows, p.a_cols)];
     if (p.code == 4u) { out[i] = x; return; }
-    let y = b[bcast_index(r, c, p.b_rows, p.b_cols)];
+    let y = b[operand_index(i, p.b_rows, p.b_cols)];
     var v: f32;
     switch p.code {
         case 0u: { v = x + y; }

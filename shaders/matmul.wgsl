@@ -77,28 +77,47 @@ fn store_row(r: u32, c: u32, v: vec4<f32>) {
     }
 }
 
-// The same product without workgroup memory or barriers, for CPU implementations of Vulkan
-// (lavapipe), where barriers are expensive and "global" memory is the CPU's cache anyway.
-// Invocation (x = column, y = group of 4 rows): neighbouring invocations take neighbouring
-// columns, so the B loads vectorise across SIMD lanes and the A loads are broadcasts.
-@compute @workgroup_size(64, 4)
+// The same product without workgroup memory or barriers: each invocation reads its 4 rows of
+// op(A) and 4 columns of op(B) straight from memory. Used on CPU implementations of Vulkan
+// (lavapipe), where a barrier costs tens of µs per workgroup and memory is the CPU's cache.
+// The inner loop has no branches: transposition becomes strides, and rows/columns past the
+// edge are clamped (computed twice, never stored).
+@compute @workgroup_size(8, 8)
 fn matmul_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let j = gid.x;
-    let i0 = gid.y * 4u;
-    if (j >= p.cols || i0 >= p.rows) { return; }
-    var acc = vec4<f32>(0.0);
-    let rows = min(4u, p.rows - i0);
+    let r = gid.y * 4u;
+    let c = gid.x * 4u;
+    if (r >= p.rows || c >= p.cols) { return; }
+    // op(A)[i, k] = a[i·ai + k·ak], op(B)[k, j] = b[k·bk + j·bj].
+    let ai = select(p.a_cols, 1u, p.u1 == 1u);
+    let ak = select(1u, p.a_cols, p.u1 == 1u);
+    let bk = select(p.b_cols, 1u, p.u2 == 1u);
+    let bj = select(1u, p.b_cols, p.u2 == 1u);
+    let last_r = p.rows - 1u;
+    let last_c = p.cols - 1u;
+    let a0 = min(r, last_r) * ai;
+    let a1 = min(r + 1u, last_r) * ai;
+    let a2 = min(r + 2u, last_r) * ai;
+    let a3 = min(r + 3u, last_r) * ai;
+    let b0 = min(c, last_c) * bj;
+    let b1 = min(c + 1u, last_c) * bj;
+    let b2 = min(c + 2u, last_c) * bj;
+    let b3 = min(c + 3u, last_c) * bj;
+    var c0 = vec4<f32>(0.0);
+    var c1 = vec4<f32>(0.0);
+    var c2 = vec4<f32>(0.0);
+    var c3 = vec4<f32>(0.0);
     for (var k = 0u; k < p.u0; k++) {
-        var bv: f32;
-        if (p.u2 == 1u) { bv = b[j * p.b_cols + k]; } else { bv = b[k * p.b_cols + j]; }
-        var av = vec4<f32>(0.0);
-        for (var r = 0u; r < rows; r++) {
-            let i = i0 + r;
-            if (p.u1 == 1u) { av[r] = a[k * p.a_cols + i]; } else { av[r] = a[i * p.a_cols + k]; }
-        }
-        acc += av * bv;
+        let ka = k * ak;
+        let kb = k * bk;
+        let av = vec4<f32>(a[a0 + ka], a[a1 + ka], a[a2 + ka], a[a3 + ka]);
+        let bv = vec4<f32>(b[kb + b0], b[kb + b1], b[kb + b2], b[kb + b3]);
+        c0 += av.x * bv;
+        c1 += av.y * bv;
+        c2 += av.z * bv;
+        c3 += av.w * bv;
     }
-    for (var r = 0u; r < rows; r++) {
-        out[(i0 + r) * p.cols + j] = acc[r];
-    }
+    store_row(r, c, c0);
+    store_row(r + 1u, c, c1);
+    store_row(r + 2u, c, c2);
+    store_row(r + 3u, c, c3);
 }

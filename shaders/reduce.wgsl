@@ -1,5 +1,6 @@
 // Strided sums. Output o (of p.n) sums over j < u0 (the reduced length) the terms
-// a[o*u1 + j*u2] (code 0) or a[..]*b[..] (code 1, row-wise dot).
+// a[o*u1 + j*u2] (code 0) or a[..]*b[..] (code 1, row-wise dot). reduce_thread: u3 = chunk,
+// rows = number of (output, chunk) pairs.
 //   sum over rows:  n = cols, u0 = rows, u1 = 1,    u2 = cols
 //   sum over cols:  n = rows, u0 = cols, u1 = cols, u2 = 1
 //   sum of all:     n = 1,    u0 = len,  u1 = 0,    u2 = 1
@@ -13,14 +14,20 @@ fn term(o: u32, j: u32) -> f32 {
     return a[k];
 }
 
-// One thread per output: for short reductions.
+// One thread per (output, chunk): for short reductions and for CPU drivers. Output o' writes
+// the partial sum of output o = o' % n over j in [q·u3, min(u0, (q+1)·u3)), q = o' / n, so a
+// long reduction becomes ⌈u0/u3⌉ partial rows that a second pass adds up. (llvmpipe stops any
+// loop after 65535 iterations, so chunks stay well below that.)
 @compute @workgroup_size(256)
 fn reduce_thread(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let o = linear_id(gid, nwg);
-    if (o >= p.n) { return; }
+    let t = linear_id(gid, nwg);
+    if (t >= p.rows) { return; }
+    let o = t % p.n;
+    let q = t / p.n;
+    let j_end = min(p.u0, (q + 1u) * p.u3);
     var s = 0.0;
-    for (var j = 0u; j < p.u0; j++) { s += term(o, j); }
-    out[o] = s;
+    for (var j = q * p.u3; j < j_end; j++) { s += term(o, j); }
+    out[t] = s;
 }
 
 var<workgroup> partial: array<f32, 256>;

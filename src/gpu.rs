@@ -222,14 +222,8 @@ pub struct Gpu {
     dummy: Arc<PooledBuffer>,
     error: Arc<Mutex<Option<Error>>>,
     timestamps: bool,
-    matmul_kernel: MatMulKernel,
-}
-
-/// Matmul implementations: workgroup-tiled for GPUs, barrier-free for CPU Vulkan drivers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MatMulKernel {
-    Tiled,
-    Direct,
+    /// CPU implementations of Vulkan: avoid workgroup barriers (see `matmul_direct`).
+    barrier_free: bool,
 }
 
 fn backends_from_env() -> wgpu::Backends {
@@ -251,10 +245,16 @@ impl Gpu {
     /// else a discrete GPU before an integrated one before a CPU implementation.
     /// `WGPU_BACKEND` (e.g. `vulkan`, `metal`, `dx12`, `gl`) restricts the backends.
     pub fn new() -> Result<Gpu> {
-        pollster::block_on(Self::new_async())
+        pollster::block_on(Self::new_async(None))
     }
 
-    async fn new_async() -> Result<Gpu> {
+    /// As [`Gpu::new`], choosing the kernel family: `Some(true)` avoids workgroup barriers
+    /// (the default on CPU drivers such as lavapipe), `Some(false)` uses the tiled GPU kernels.
+    pub fn with_barrier_free(barrier_free: bool) -> Result<Gpu> {
+        pollster::block_on(Self::new_async(Some(barrier_free)))
+    }
+
+    async fn new_async(barrier_free: Option<bool>) -> Result<Gpu> {
         let backends = backends_from_env();
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         desc.backends = backends;
@@ -411,12 +411,11 @@ impl Gpu {
             dummy,
             error,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
-            // Measured on lavapipe: the tiled kernel's barriers cost more than its reuse saves.
-            matmul_kernel: match (std::env::var("WMVL_MATMUL").as_deref(), info.device_type) {
-                (Ok("tiled"), _) => MatMulKernel::Tiled,
-                (Ok("direct"), _) | (_, wgpu::DeviceType::Cpu) => MatMulKernel::Direct,
-                _ => MatMulKernel::Tiled,
-            },
+            barrier_free: barrier_free.unwrap_or(match std::env::var("WMVL_KERNELS").as_deref() {
+                Ok("gpu") => false,
+                Ok("cpu") => true,
+                _ => info.device_type == wgpu::DeviceType::Cpu,
+            }),
         };
         gpu.check()?;
         Ok(gpu)
@@ -432,9 +431,10 @@ impl Gpu {
         self.pool.lock().map(|p| p.allocated_bytes).unwrap_or(0)
     }
 
-    /// The matmul kernel `Backend::matmul` uses (`WMVL_MATMUL=tiled|direct` overrides).
-    pub fn matmul_kernel(&self) -> MatMulKernel {
-        self.matmul_kernel
+    /// Whether the kernels avoid workgroup barriers (CPU drivers; `WMVL_KERNELS=gpu|cpu`
+    /// overrides the choice, e.g. to test both code paths on one machine).
+    pub fn barrier_free(&self) -> bool {
+        self.barrier_free
     }
 
     /// Whether [`Gpu::flush_timed`] can measure GPU time with timestamp queries.
@@ -879,18 +879,16 @@ impl Gpu {
             // Empty sums are zero.
             return self.full(shape.0, shape.1, 0.0);
         }
-        let out = self.empty(shape.0, shape.1)?;
+        let inputs = [Some(&a.buf), Some(&b.buf)];
         let params = Params {
             n: n as u32,
             code,
             u: [len as u32, so as u32, sj as u32, 0],
             ..Default::default()
         };
-        let inputs = [Some(&a.buf), Some(&b.buf)];
-        // Short reductions: a thread each. Long ones: a workgroup each (tree sum).
-        if len <= 64 {
-            self.record(Kernel::ReduceThread, params, inputs, &out.buf, self.grid(n))?;
-        } else {
+        // Few long reductions on a GPU: a workgroup each (tree sum).
+        if !self.barrier_free && len > 64 && n < 256 {
+            let out = self.empty(shape.0, shape.1)?;
             let max = self.report.limits.max_compute_workgroups_per_dimension as usize;
             let groups = if n <= max {
                 [n as u32, 1, 1]
@@ -898,8 +896,39 @@ impl Gpu {
                 [max as u32, n.div_ceil(max) as u32, 1]
             };
             self.record(Kernel::ReduceGroup, params, inputs, &out.buf, groups)?;
+            return Ok(out);
         }
-        Ok(out)
+        // Otherwise a thread per output, and per chunk of a long reduction: the partial sums
+        // (chunks × n) are then added up over rows.
+        let chunk = if len <= 4096 {
+            len
+        } else {
+            len.div_ceil(len.div_ceil(4096)).max(256)
+        };
+        let chunks = len.div_ceil(chunk);
+        let partial = self.empty(chunks, n)?;
+        let params = Params {
+            rows: (n * chunks) as u32,
+            u: [len as u32, so as u32, sj as u32, chunk as u32],
+            ..params
+        };
+        self.record(
+            Kernel::ReduceThread,
+            params,
+            inputs,
+            &partial.buf,
+            self.grid(n * chunks),
+        )?;
+        let total = if chunks == 1 {
+            partial
+        } else {
+            self.reduce(0, &partial, &partial, Axis::Rows)?
+        };
+        Ok(Tensor {
+            rows: shape.0,
+            cols: shape.1,
+            ..total
+        })
     }
 
     /// One optimiser step on one parameter, in place (see `shaders/optim.wgsl`).
@@ -962,16 +991,8 @@ impl Gpu {
         Ok(())
     }
 
-    /// op(a)·op(b) with a chosen kernel (the `Backend::matmul` uses [`Gpu::matmul_kernel`]).
-    /// Shapes are not checked here: the tape checks them.
-    pub fn matmul_with(
-        &self,
-        kernel: MatMulKernel,
-        a: &Tensor,
-        b: &Tensor,
-        ta: bool,
-        tb: bool,
-    ) -> Result<Tensor> {
+    /// op(a)·op(b), op = transpose where flagged; shapes were checked by the tape.
+    fn launch_matmul(&self, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
         let (m, k) = if ta {
             (a.cols, a.rows)
         } else {
@@ -994,15 +1015,25 @@ impl Gpu {
             u: [k as u32, ta as u32, tb as u32, 0],
             ..Default::default()
         };
-        let groups = match kernel {
-            MatMulKernel::Tiled => [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],
-            MatMulKernel::Direct => [n.div_ceil(64) as u32, m.div_ceil(16) as u32, 1],
+        // The barrier-free kernel's loop runs over all of K, which llvmpipe caps at 65535.
+        let (kernel, groups) = if self.barrier_free && k < 65536 {
+            (
+                Kernel::MatMulDirect,
+                [n.div_ceil(32) as u32, m.div_ceil(32) as u32, 1],
+            )
+        } else {
+            (
+                Kernel::MatMul,
+                [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],
+            )
         };
-        let k = match kernel {
-            MatMulKernel::Tiled => Kernel::MatMul,
-            MatMulKernel::Direct => Kernel::MatMulDirect,
-        };
-        self.record(k, params, [Some(&a.buf), Some(&b.buf)], &out.buf, groups)?;
+        self.record(
+            kernel,
+            params,
+            [Some(&a.buf), Some(&b.buf)],
+            &out.buf,
+            groups,
+        )?;
         Ok(out)
     }
 
@@ -1105,7 +1136,7 @@ impl Backend for Gpu {
     }
 
     fn matmul(&self, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
-        self.matmul_with(self.matmul_kernel, a, b, ta, tb)
+        self.launch_matmul(a, b, ta, tb)
     }
 
     fn binary(&self, op: BinOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -1196,6 +1227,13 @@ impl Backend for Gpu {
     }
 
     fn scatter_add_rows(&self, x: &Tensor, idx: &Index, n: usize) -> Result<Tensor> {
+        if idx.len > 65535 {
+            // Each output loops over all indices; llvmpipe caps loops at 65535 iterations.
+            return Err(Error::Invalid(format!(
+                "scatter_add_rows over {} indices: at most 65535 are supported",
+                idx.len
+            )));
+        }
         let params = Params {
             u: [idx.len as u32, 0, 0, 0],
             ..Default::default()

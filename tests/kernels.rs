@@ -812,3 +812,50 @@ fn concurrent_use_from_threads() {
         }
     });
 }
+
+/// The kernel family the default device does *not* use (tiled with workgroup barriers on
+/// GPUs, barrier-free on CPU drivers), so that both code paths are tested on every machine.
+fn other_gpu() -> &'static Gpu {
+    static OTHER: OnceLock<Gpu> = OnceLock::new();
+    OTHER.get_or_init(|| {
+        Gpu::with_barrier_free(!gpu().barrier_free())
+            .unwrap_or_else(|e| panic!("cannot open a GPU adapter: {e}"))
+    })
+}
+
+#[test]
+fn other_kernel_family_matches_cpu() {
+    let g2 = other_gpu();
+    assert_ne!(g2.barrier_free(), gpu().barrier_free());
+    let mut r = rng(77);
+    for &(m, k, n) in &[(1, 1, 1), (1, 37, 1), (130, 5, 1), (7, 16, 9), (65, 17, 63), (129, 33, 66)] {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let (ar, ac) = if ta { (k, m) } else { (m, k) };
+            let (br, bc) = if tb { (n, k) } else { (k, n) };
+            let da = random_vec(&mut r, ar * ac, -1.0, 1.0);
+            let db = random_vec(&mut r, br * bc, -1.0, 1.0);
+            let ga = g2.upload(ar, ac, &da).unwrap();
+            let gb = g2.upload(br, bc, &db).unwrap();
+            let got = g2.read(&g2.matmul(&ga, &gb, ta, tb).unwrap()).unwrap();
+            let want = Cpu
+                .matmul(&Mat::from_f32(ar, ac, &da).unwrap(), &Mat::from_f32(br, bc, &db).unwrap(), ta, tb)
+                .unwrap();
+            let e = rel_err(&got, &want.data);
+            assert!(e < MATMUL_TOL, "other family matmul {m}x{k}x{n} ta={ta} tb={tb}: {e:.3e}");
+        }
+    }
+    // Reductions take the workgroup-tree path only on the GPU family: long, few outputs.
+    for &(rows, cols) in &[(1000, 3), (3, 1000), (300, 130), (70, 1)] {
+        let d = random_vec(&mut r, rows * cols, -1.0, 1.0);
+        let gt = g2.upload(rows, cols, &d).unwrap();
+        let ct = Mat::from_f32(rows, cols, &d).unwrap();
+        for axis in [Axis::Rows, Axis::Cols, Axis::All] {
+            let got = g2.read(&g2.sum(&gt, axis).unwrap()).unwrap();
+            let e = rel_err(&got, &Cpu.sum(&ct, axis).unwrap().data);
+            assert!(e < REDUCE_TOL, "other family sum {rows}x{cols} {axis:?}: {e:.3e}");
+        }
+        let got = g2.read(&g2.rowdot(&gt, &gt).unwrap()).unwrap();
+        let e = rel_err(&got, &Cpu.rowdot(&ct, &ct).unwrap().data);
+        assert!(e < REDUCE_TOL, "other family rowdot {rows}x{cols}: {e:.3e}");
+    }
+}
