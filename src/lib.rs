@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod app;
 pub mod backend;
 pub mod checkpoint;
 pub mod cpu;
@@ -29,6 +30,7 @@ pub mod ops;
 pub mod optim;
 pub mod plot;
 pub mod rng;
+pub mod sample;
 pub mod selfcheck;
 pub mod tape;
 pub mod train;

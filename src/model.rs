@@ -321,3 +321,157 @@ impl<'t, B: Backend> crate::objective::Energy<'t, B> for Bound<'t, B> {
         Bound::energy(self, x)
     }
 }
+
+/// Checkpoint metadata keys for the architecture.
+const META_KIND: &str = "energy";
+const META_DIM: &str = "input_dim";
+const META_HIDDEN: &str = "hidden";
+const META_ACT: &str = "activation";
+const META_SN: &str = "spectral_norm";
+const META_DZ: &str = "conditional_dz";
+
+impl Arch {
+    /// The architecture as checkpoint metadata.
+    pub fn to_metadata(&self) -> Vec<(String, String)> {
+        let kind = match self.kind {
+            EnergyKind::ScoreNet => "scorenet",
+            EnergyKind::Scalar => "scalar",
+            EnergyKind::Conditional { .. } => "conditional",
+        };
+        let hidden: Vec<String> = self.hidden.iter().map(|h| h.to_string()).collect();
+        let mut m = vec![
+            (META_KIND.to_string(), kind.to_string()),
+            (META_DIM.to_string(), self.dim.to_string()),
+            (META_HIDDEN.to_string(), hidden.join(",")),
+            (META_ACT.to_string(), act_name(self.act).to_string()),
+            (META_SN.to_string(), self.spectral_norm.to_string()),
+        ];
+        if let EnergyKind::Conditional { dz } = self.kind {
+            m.push((META_DZ.to_string(), dz.to_string()));
+        }
+        m
+    }
+
+    /// Rebuild the architecture from checkpoint metadata.
+    pub fn from_checkpoint(ck: &crate::checkpoint::Checkpoint) -> Result<Arch> {
+        let kind = match ck.meta(META_KIND)? {
+            "scorenet" => EnergyKind::ScoreNet,
+            "scalar" => EnergyKind::Scalar,
+            "conditional" => EnergyKind::Conditional {
+                dz: ck.meta_parse(META_DZ)?,
+            },
+            other => {
+                return Err(Error::Invalid(format!(
+                    "checkpoint: unknown energy kind {other:?}"
+                )))
+            }
+        };
+        let hidden = ck.meta(META_HIDDEN)?;
+        let hidden = if hidden.is_empty() {
+            vec![]
+        } else {
+            hidden
+                .split(',')
+                .map(|h| {
+                    h.trim().parse().map_err(|_| {
+                        Error::Invalid(format!(
+                            "checkpoint: hidden widths {hidden:?} are not numbers"
+                        ))
+                    })
+                })
+                .collect::<Result<_>>()?
+        };
+        let arch = Arch {
+            kind,
+            dim: ck.meta_parse(META_DIM)?,
+            hidden,
+            act: act_from_name(ck.meta(META_ACT)?)?,
+            spectral_norm: ck.meta_parse(META_SN)?,
+        };
+        arch.validate()?;
+        Ok(arch)
+    }
+}
+
+impl HostParams {
+    /// Tensors in checkpoint form: `layers.{l}.weight` (fan_in × fan_out), `layers.{l}.bias`
+    /// (1 × fan_out) and, for spectrally normalised layers, `layers.{l}.sn_u` (1 × fan_out).
+    pub fn to_named(&self) -> Result<Vec<crate::checkpoint::NamedTensor>> {
+        use crate::checkpoint::NamedTensor;
+        let mut out = Vec::new();
+        for (l, ((w, b), u)) in self
+            .weights
+            .iter()
+            .zip(&self.biases)
+            .zip(&self.sn_u)
+            .enumerate()
+        {
+            out.push(NamedTensor::new(
+                format!("layers.{l}.weight"),
+                w.0,
+                w.1,
+                w.2.clone(),
+            )?);
+            out.push(NamedTensor::new(
+                format!("layers.{l}.bias"),
+                b.0,
+                b.1,
+                b.2.clone(),
+            )?);
+            if let Some(u) = u {
+                out.push(NamedTensor::new(
+                    format!("layers.{l}.sn_u"),
+                    u.0,
+                    u.1,
+                    u.2.clone(),
+                )?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Parameters from a checkpoint, every shape checked against `arch`.
+    pub fn from_checkpoint(ck: &crate::checkpoint::Checkpoint, arch: &Arch) -> Result<HostParams> {
+        let shapes = arch.layer_shapes();
+        let last = shapes.len() - 1;
+        let mut hp = HostParams {
+            weights: vec![],
+            biases: vec![],
+            sn_u: vec![],
+        };
+        for (l, &(fi, fo)) in shapes.iter().enumerate() {
+            let w = ck.expect_shape(&format!("layers.{l}.weight"), fi, fo)?;
+            let b = ck.expect_shape(&format!("layers.{l}.bias"), 1, fo)?;
+            hp.weights.push((fi, fo, w.data.clone()));
+            hp.biases.push((1, fo, b.data.clone()));
+            hp.sn_u.push(if arch.spectral_norm && l < last {
+                let u = ck.expect_shape(&format!("layers.{l}.sn_u"), 1, fo)?;
+                Some((1, fo, u.data.clone()))
+            } else {
+                None
+            });
+        }
+        Ok(hp)
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// Copy the parameters to the host (e.g. for a checkpoint).
+    pub fn to_host(&self, read: impl Fn(&B::Tensor) -> Result<Vec<f32>>) -> Result<HostParams> {
+        let shapes = self.arch.layer_shapes();
+        let mut hp = HostParams {
+            weights: vec![],
+            biases: vec![],
+            sn_u: vec![],
+        };
+        for (l, &(fi, fo)) in shapes.iter().enumerate() {
+            hp.weights.push((fi, fo, read(&self.weights[l])?));
+            hp.biases.push((1, fo, read(&self.biases[l])?));
+            hp.sn_u.push(match &self.sn_u[l] {
+                Some(u) => Some((1, fo, read(u)?)),
+                None => None,
+            });
+        }
+        Ok(hp)
+    }
+}

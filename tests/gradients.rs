@@ -741,7 +741,7 @@ fn check_program(prog: &Prog) -> std::result::Result<(), String> {
     let fd = fd_grads(&prog.leaves, &all, &mut |ls| prog.value_cpu(ls)).map_err(e)?;
     // (a) f64 tape vs f64 central differences. Truncation error is ~1e-10 relative; the
     // rounding error of a difference is ~u·S/h ≈ 1e-11·S, S the size of the intermediates
-    // (over 3000 random programs it stayed below 1e-9·max(‖∇‖∞, |y|)). So: relative 1e-5 per
+    // (over 3000 random programs it stayed below 1e-9·max(‖∇‖∞, |y|)); so: relative 1e-5 per
     // entry, where entries below 1e-4·max(‖∇‖∞, |y|, 0.1) are held to that absolute floor
     // times 1e-5 (the 0.1 covers programs that are identically zero, e.g. x − x).
     let scale = inf_norm(&fd).max(y_cpu.abs()).max(0.1);
@@ -758,9 +758,10 @@ fn check_program(prog: &Prog) -> std::result::Result<(), String> {
     // can be off by ~1e-6 absolute even when it is small (by cancellation, or exactly zero in
     // exact arithmetic but not in f64 with f32 constants such as 1/6), and the kernels' f32
     // formulas have ill-conditioned corners (1 − tanh² near saturation, log near 1). So:
-    // relative error < 1e-4 normwise per leaf (‖Δ‖₂/‖∇‖₂) and < 1e-3 per entry, with leaf
+    // relative error < 1e-4 normwise per leaf (‖Δ‖₂/‖∇‖₂) and < 5e-4 per entry, with leaf
     // norms below 1e-2·max(largest leaf norm, 1) and entries below 1e-2·max(largest entry,
-    // 0.1) held to those floors. Over 12000 random programs nothing came within 2× of these.
+    // 0.1) held to those floors. Over 12000 random programs (3 seeds × 4000) the worst were
+    // 1.7e-5 normwise and 5e-5 per entry (and 7e-7 for (a), 1.5e-5 for the output below).
     let (y_gpu, g_gpu) = prog.grads(gpu()).map_err(e)?;
     let norms: Vec<f64> = g_cpu
         .iter()
@@ -778,7 +779,7 @@ fn check_program(prog: &Prog) -> std::result::Result<(), String> {
         "GPU tape vs CPU tape",
         &g_gpu,
         &g_cpu,
-        1e-3,
+        5e-4,
         1e-2 * inf_norm(&g_cpu).max(0.1),
     )?;
     // The scalar output itself: relative 1e-4, or absolute 1e-6 of the largest Σ|entries| of

@@ -12,7 +12,7 @@ use std::process::{Command, ExitCode, ExitStatus, Stdio};
 
 /// The main job, as arguments to `cargo`. Change this line to change what `cargo xtask run` does;
 /// extra arguments given after `run` are appended.
-const MAIN_JOB: &[&str] = &["run", "--release", "--bin", "wmvl", "--", "info"];
+const MAIN_JOB: &[&str] = &["run", "--release", "--example", "banana", "--"];
 
 /// The test suite, as arguments to `cargo`; extra arguments given after `test` are appended.
 const TEST_JOB: &[&str] = &["test", "--release", "--workspace"];
