@@ -107,3 +107,33 @@ pub fn density_figure<'g>(
     }
     density_panels(path, &grid, &panels, caption)
 }
+
+/// Train one model per objective on `toy` from the same initial parameters, data and seeds,
+/// and measure each one's Fisher divergence to the truth on the same `n_eval` fresh samples.
+/// Returns (objective, Fisher divergence, its standard error).
+pub fn compare_objectives(
+    gpu: &Gpu,
+    toy: Toy,
+    arch: &Arch,
+    objectives: &[crate::objective::Objective],
+    cfg: &crate::train::TrainConfig,
+    n_train: usize,
+    n_eval: usize,
+) -> Result<Vec<(crate::objective::Objective, f64, f64)>> {
+    let data = toy.sample_matrix(n_train, cfg.seed);
+    let x = gpu.upload(data.rows, data.cols, &data.data)?;
+    let init = HostParams::init(arch, crate::model::Init::Glorot, cfg.seed)?;
+    let mut out = Vec::new();
+    for &objective in objectives {
+        let model = Model::from_host(arch.clone(), &init, |r, c, d| gpu.upload(r, c, d))?;
+        let c = crate::train::TrainConfig {
+            objective,
+            ..cfg.clone()
+        };
+        let mut tr = crate::train::Trainer::new(gpu, model, x.clone(), None, c)?;
+        tr.run()?;
+        let (f, se) = fisher_to_truth(gpu, &mut tr.model, toy, n_eval, cfg.seed + 1)?;
+        out.push((objective, f, se));
+    }
+    Ok(out)
+}

@@ -119,6 +119,18 @@ impl Optimizer {
                 grads.len()
             )));
         }
+        // Validate every shape before touching any state: a rejected step must leave t and
+        // all parameters as they were.
+        for (i, ((p, g), (s1, _))) in params.iter().zip(grads).zip(&self.state).enumerate() {
+            if p.shape() != s1.shape() || g.shape() != p.shape() {
+                return Err(Error::Shape(format!(
+                    "optimiser step: parameter {i} is {:?} (the optimiser holds {:?}), its gradient {:?}",
+                    p.shape(),
+                    s1.shape(),
+                    g.shape()
+                )));
+            }
+        }
         self.t += 1;
         let (code, f, bc) = self.rule.kernel_args(self.lr, self.t);
         for ((p, g), (s1, s2)) in params.iter().zip(grads).zip(&self.state) {

@@ -21,6 +21,9 @@ pub struct TrainConfig {
     pub steps: usize,
     pub batch: usize,
     pub lr: f32,
+    /// If set, the learning rate decays linearly from `lr` to this value over the run
+    /// (a decaying rate removes the optimiser's noise from the final parameters).
+    pub lr_final: Option<f32>,
     pub rule: Rule,
     pub seed: u64,
     /// Read the loss back (and print progress) every this many steps.
@@ -41,6 +44,7 @@ impl Default for TrainConfig {
             steps: 1000,
             batch: 200,
             lr: 4e-3,
+            lr_final: None,
             rule: Rule::RMSPROP_TF,
             seed: 0,
             log_every: 50,
@@ -218,6 +222,10 @@ impl<'g> Trainer<'g> {
         let total = self.cfg.steps;
         let first = self.steps_done;
         while self.steps_done < first + total {
+            if let Some(end) = self.cfg.lr_final {
+                let frac = (self.steps_done - first) as f32 / total.max(1) as f32;
+                self.opt.lr = self.cfg.lr + (end - self.cfg.lr) * frac;
+            }
             let loss_t = self.record_step()?;
             let done = self.steps_done - first;
             let log_now = done % self.cfg.log_every == 0 || done == total;

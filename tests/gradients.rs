@@ -1057,13 +1057,14 @@ fn quadratic_energy_hessian_vector_product_and_parameter_gradient() {
         )
         .unwrap_or_else(|m| panic!("{m}"));
         // f32: sums of ≤ 2d = 10 products of O(1)–O(10) numbers, error ≲ 1e-6 of the largest
-        // entry; relative 1e-5 per entry, entries below 1e-1 of the largest held to that floor.
+        // entry; relative 1e-5 per entry, entries below 1e-2 of the largest held to that floor
+        // (with these inputs every entry also passes with no floor at all).
         check_groups(
             &format!("GPU {}", names[k]),
             &[gpu_got[k].clone()],
             &[want[k].clone()],
             1e-5,
-            1e-1 * inf_norm(&[want[k].clone()]),
+            1e-2 * inf_norm(&[want[k].clone()]),
         )
         .unwrap_or_else(|m| panic!("{m}"));
     }

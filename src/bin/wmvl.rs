@@ -25,7 +25,7 @@ commands:
   train    fit an energy model:
              wmvl train (--dataset banana|cosine|funnel|ring|multiring | --data FILE.npy|.csv)
                         --out CHECKPOINT [--objective mvl|dsm|vr-dsm|cd1|ssm|ssm-vr|exact-sm]
-                        [--eps 1e-3] [--steps 1000] [--batch 200] [--lr 4e-3] [--seed 0]
+                        [--eps 1e-3] [--steps 1000] [--batch 200] [--lr 4e-3] [--lr-final LR] [--seed 0]
                         [--no-cv] [--no-rescale] [--energy-reg C] [--optimizer rmsprop|rmsprop-torch|adam]
                         [--hidden 100,100] [--act swish|tanh|elu|softplus] [--no-sn] [--energy scorenet|scalar]
                         [--init glorot|torch] [--n 10000] [--heldout 0.1] [--eval-every 100] [--patience 0]
@@ -306,6 +306,10 @@ fn train(args: &[String]) -> Result<(), Error> {
         steps: o.num("steps", 1000)?,
         batch: o.num("batch", 200)?,
         lr: o.num("lr", 4e-3)?,
+        lr_final: o
+            .str("lr-final")
+            .map(|_| o.num("lr-final", 0.0))
+            .transpose()?,
         rule: Rule::from_name(o.str("optimizer").unwrap_or("rmsprop"))?,
         seed,
         log_every,
@@ -587,7 +591,23 @@ fn sample_cmd(args: &[String]) -> Result<(), Error> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // std::env::args() panics on an argument that is not UTF-8: refuse it instead.
+    let args: Vec<String> = match std::env::args_os()
+        .skip(1)
+        .map(|a| a.into_string())
+        .collect()
+    {
+        Ok(args) => args,
+        Err(bad) => {
+            eprintln!(
+                "wmvl: {}",
+                Error::Invalid(format!(
+                    "the argument {bad:?} is not valid UTF-8; use UTF-8 file names"
+                ))
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     let rest = args.get(1..).unwrap_or(&[]);
     let result = match args.first().map(String::as_str) {
         Some("info") => info(),
