@@ -491,7 +491,7 @@ impl Gpu {
             .report
             .limits
             .max_buffer_size
-            .min(self.report.limits.max_storage_buffer_binding_size as u64);
+            .min(self.report.limits.max_storage_buffer_binding_size);
         if size > limit {
             return Err(Error::OutOfMemory(format!(
                 "a tensor of {bytes} bytes exceeds this adapter's largest storage buffer ({limit} bytes)"
@@ -597,7 +597,7 @@ impl Gpu {
         // that the write is ordered after it (a pooled buffer may have been in use).
         self.flush()?;
         let mut padded;
-        let data = if bytes.len() % 4 == 0 {
+        let data = if bytes.len().is_multiple_of(4) {
             bytes
         } else {
             padded = bytes.to_vec();

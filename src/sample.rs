@@ -45,7 +45,7 @@ impl Normal {
     pub fn uniform(&mut self) -> f64 {
         ((self.rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     }
-    pub fn next(&mut self) -> f64 {
+    pub fn sample(&mut self) -> f64 {
         if let Some(s) = self.spare.take() {
             return s;
         }
@@ -79,7 +79,7 @@ pub fn sample<'g>(
     progress: bool,
 ) -> Result<Samples> {
     let d = model.arch.dim;
-    if init.is_empty() || init.len() % d != 0 {
+    if init.is_empty() || !init.len().is_multiple_of(d) {
         return Err(Error::Shape(format!(
             "{} initial values for {d}-dimensional points",
             init.len()
@@ -114,7 +114,7 @@ pub fn sample<'g>(
         // Proposal: x' = x + h·score(x) + √(2h) z (score = −∇E).
         let mut xp = vec![0.0; x.len()];
         for i in 0..x.len() {
-            xp[i] = x[i] + h * s[i] + sq * rng.next();
+            xp[i] = x[i] + h * s[i] + sq * rng.sample();
         }
         let (ep, sp) = eval(model, &xp)?;
         match sampler {

@@ -338,6 +338,8 @@ impl<B: RandomFill> Tape<B> {
     }
 }
 
+// `add`, `sub`, … return `Result` (shapes are checked), so they are methods, not operator traits.
+#[allow(clippy::should_implement_trait)]
 impl<'t, B: Backend> Var<'t, B> {
     pub fn id(&self) -> usize {
         self.id

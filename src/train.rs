@@ -228,9 +228,9 @@ impl<'g> Trainer<'g> {
             }
             let loss_t = self.record_step()?;
             let done = self.steps_done - first;
-            let log_now = done % self.cfg.log_every == 0 || done == total;
-            let eval_now =
-                self.cfg.eval_every > 0 && (done % self.cfg.eval_every == 0 || done == total);
+            let log_now = done.is_multiple_of(self.cfg.log_every) || done == total;
+            let eval_now = self.cfg.eval_every > 0
+                && (done.is_multiple_of(self.cfg.eval_every) || done == total);
             if !(log_now || eval_now) {
                 continue;
             }

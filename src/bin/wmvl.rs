@@ -580,7 +580,9 @@ fn sample_cmd(args: &[String]) -> Result<(), Error> {
     let (mut model, _) = load_model(&gpu, Path::new(ck_path))?;
     let d = model.arch.dim;
     let mut rng = Normal::new(seed ^ 0x1a17);
-    let init: Vec<f32> = (0..n * d).map(|_| (rng.next() * init_std) as f32).collect();
+    let init: Vec<f32> = (0..n * d)
+        .map(|_| (rng.sample() * init_std) as f32)
+        .collect();
     let s = sample(&gpu, &mut model, init, sampler, steps, h, seed, true)?;
     save_npy(out, n, d, &s.points)?;
     if sampler == Sampler::Mala {
