@@ -204,7 +204,7 @@ fn write_raw_npy(path: &Path, rows: usize, cols: usize, data: &[f32], cut: usize
 /// `rows × cols` standard-normal draws (row-major f32).
 fn normals(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
     let mut rng = Normal::new(seed);
-    (0..rows * cols).map(|_| rng.next() as f32).collect()
+    (0..rows * cols).map(|_| rng.sample() as f32).collect()
 }
 
 /// The value in `eval`'s result line `"{objective} = VALUE ± SE (…)"`, as printed.

@@ -217,7 +217,7 @@ fn model_checkpoint_round_trip_rebuilds_the_same_energy() {
 /// Model parameters on the f64 CPU reference.
 fn cpu_model(arch: &Arch, seed: u64) -> Model<Cpu> {
     let hp = HostParams::init(arch, Init::Torch, seed).unwrap();
-    Model::from_host(arch.clone(), &hp, |r, c, d| Mat::from_f32(r, c, d)).unwrap()
+    Model::from_host(arch.clone(), &hp, Mat::from_f32).unwrap()
 }
 
 #[test]
