@@ -464,14 +464,7 @@ impl Gpu {
                 label: Some(entry),
                 source: wgpu::ShaderSource::Wgsl(code.into()),
             };
-            let module = if std::env::var("WMVL_UNCHECKED").is_ok() {
-                unsafe {
-                    self.device
-                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
-                }
-            } else {
-                self.device.create_shader_module(desc)
-            };
+            let module = self.device.create_shader_module(desc);
             self.device
                 .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(entry),
@@ -508,21 +501,36 @@ impl Gpu {
                 pool: self.pool.clone(),
             }));
         }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("wmvl tensor"),
-            size,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::OutOfMemory(format!(
-                "allocating {size} bytes ({} MiB already held): {e}",
-                pool.allocated_bytes >> 20
-            )));
-        }
+        let create = || {
+            let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+            let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wmvl tensor"),
+                size,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            match pollster::block_on(scope.pop()) {
+                Some(e) => Err(e),
+                None => Ok(buffer),
+            }
+        };
+        let buffer = match create() {
+            Ok(b) => b,
+            Err(_) => {
+                // Out of memory: give back the pooled buffers of other sizes and try once more.
+                let freed: u64 = pool.free.iter().map(|(s, v)| s * v.len() as u64).sum();
+                pool.free.clear();
+                pool.allocated_bytes -= freed;
+                create().map_err(|e| {
+                    Error::OutOfMemory(format!(
+                        "allocating {size} bytes ({} MiB already held): {e}",
+                        pool.allocated_bytes >> 20
+                    ))
+                })?
+            }
+        };
         pool.allocated_bytes += size;
         Ok(Arc::new(PooledBuffer {
             buffer: Some(buffer),
@@ -596,15 +604,8 @@ impl Gpu {
         // queue.write_buffer lands before the *next* submit: submit what is pending first so
         // that the write is ordered after it (a pooled buffer may have been in use).
         self.flush()?;
-        let mut padded;
-        let data = if bytes.len().is_multiple_of(4) {
-            bytes
-        } else {
-            padded = bytes.to_vec();
-            padded.resize(bytes.len().next_multiple_of(4), 0);
-            &padded
-        };
-        self.queue.write_buffer(buf.raw(), 0, data);
+        // Always whole f32/u32 words, as wgpu requires (a multiple of 4 bytes).
+        self.queue.write_buffer(buf.raw(), 0, bytes);
         self.check()
     }
 
