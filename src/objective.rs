@@ -36,9 +36,9 @@ impl<'t, B: Backend + 't, F: Fn(Var<'t, B>) -> Result<Var<'t, B>>> Energy<'t, B>
 pub enum Objective {
     /// MVL with Langevin dynamics (SPEC §2).
     Mvl,
-    /// Denoising score matching, eq. 12, scaled by ε⁻².
+    /// Denoising score matching, eq. 12, scaled by ½ε⁻² (estimates J + d/2ε).
     Dsm,
-    /// Variance-reduced DSM, eq. 15.
+    /// Variance-reduced DSM, eq. 15, scaled by ½ (estimates J).
     VrDsm,
     /// CD-1 with Langevin dynamics (eq. 16): a gradient estimate, not a loss.
     Cd1,
@@ -215,22 +215,22 @@ pub fn estimate<'t, B: Backend>(
             diff.div(eps_i)?.neg()?
         }
         Objective::Dsm | Objective::VrDsm => {
-            // L = ‖√ε z − ε∇E(x + √ε z)‖² (eq. 12 with σ² = ε); ε⁻²L, or eq. 15 for VR.
+            // L = ‖√ε z − ε∇E(x + √ε z)‖² (eq. 12 with σ² = ε); ε⁻²L → 2J + const (eq. 13), so
+            // we report ½ε⁻²L (J + d/2ε for DSM) and ½ε⁻²[L − (ε‖z‖² − 2ε^{3/2}zᵀ∇E(x))] (J,
+            // eq. 15): every score-matching objective here then estimates the same J.
             let z = z.expect("checked");
-            let se = eps.sqrt();
-            let xt = x0.add(z.scale(se)?)?;
+            let zs = z.scale(eps.sqrt())?;
+            let xt = x0.add(zs)?;
             let (_, gt) = model.energy_and_grad(xt, true)?;
-            let r = z.scale(se)?.sub(gt.scale(eps)?)?;
+            let r = zs.sub(gt.scale(eps)?)?;
             let mut l = r.rowdot(r)?;
             if objective == Objective::VrDsm {
+                // The control variate from the same √ε·z as L, so that its ε‖z‖² cancels exactly.
                 let (_, g) = model.energy_and_grad(x0, true)?;
-                let cv = z
-                    .rowdot(z)?
-                    .scale(eps)?
-                    .sub(z.rowdot(g)?.scale(2.0 * eps * se)?)?;
+                let cv = zs.rowdot(zs)?.sub(zs.rowdot(g)?.scale(2.0 * eps)?)?;
                 l = l.sub(cv)?;
             }
-            l.scale(1.0 / (eps * eps))?
+            l.scale(0.5 / (eps * eps))?
         }
         Objective::Cd1 => {
             // x₁ one Langevin step towards q (s = 1), held constant. ∂θ of

@@ -828,7 +828,14 @@ fn other_kernel_family_matches_cpu() {
     let g2 = other_gpu();
     assert_ne!(g2.barrier_free(), gpu().barrier_free());
     let mut r = rng(77);
-    for &(m, k, n) in &[(1, 1, 1), (1, 37, 1), (130, 5, 1), (7, 16, 9), (65, 17, 63), (129, 33, 66)] {
+    for &(m, k, n) in &[
+        (1, 1, 1),
+        (1, 37, 1),
+        (130, 5, 1),
+        (7, 16, 9),
+        (65, 17, 63),
+        (129, 33, 66),
+    ] {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             let (ar, ac) = if ta { (k, m) } else { (m, k) };
             let (br, bc) = if tb { (n, k) } else { (k, n) };
@@ -838,10 +845,18 @@ fn other_kernel_family_matches_cpu() {
             let gb = g2.upload(br, bc, &db).unwrap();
             let got = g2.read(&g2.matmul(&ga, &gb, ta, tb).unwrap()).unwrap();
             let want = Cpu
-                .matmul(&Mat::from_f32(ar, ac, &da).unwrap(), &Mat::from_f32(br, bc, &db).unwrap(), ta, tb)
+                .matmul(
+                    &Mat::from_f32(ar, ac, &da).unwrap(),
+                    &Mat::from_f32(br, bc, &db).unwrap(),
+                    ta,
+                    tb,
+                )
                 .unwrap();
             let e = rel_err(&got, &want.data);
-            assert!(e < MATMUL_TOL, "other family matmul {m}x{k}x{n} ta={ta} tb={tb}: {e:.3e}");
+            assert!(
+                e < MATMUL_TOL,
+                "other family matmul {m}x{k}x{n} ta={ta} tb={tb}: {e:.3e}"
+            );
         }
     }
     // Reductions take the workgroup-tree path only on the GPU family: long, few outputs.
@@ -852,7 +867,10 @@ fn other_kernel_family_matches_cpu() {
         for axis in [Axis::Rows, Axis::Cols, Axis::All] {
             let got = g2.read(&g2.sum(&gt, axis).unwrap()).unwrap();
             let e = rel_err(&got, &Cpu.sum(&ct, axis).unwrap().data);
-            assert!(e < REDUCE_TOL, "other family sum {rows}x{cols} {axis:?}: {e:.3e}");
+            assert!(
+                e < REDUCE_TOL,
+                "other family sum {rows}x{cols} {axis:?}: {e:.3e}"
+            );
         }
         let got = g2.read(&g2.rowdot(&gt, &gt).unwrap()).unwrap();
         let e = rel_err(&got, &Cpu.rowdot(&ct, &ct).unwrap().data);

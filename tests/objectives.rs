@@ -13,12 +13,12 @@
 //! - MVL (s = ½, control variate): −[E(x₁) − E(x₀) − gᵀξ]/εᵢ
 //!   = ½‖g‖² − εᵢ gᵀAg/8 + √(εᵢ/2) gᵀAz − zᵀAz, mean J − E[εᵢ gᵀAg]/8 (bias O(ε));
 //!   without the control variate add −√(2/εᵢ) gᵀz: variance + 2E[‖g‖²/εᵢ] ∝ 1/ε.
-//! - DSM (σ² = ε), ε⁻²‖√ε z − ε∇E(x + √ε z)‖²
-//!   = ‖z‖²/ε − 2gᵀz/√ε − 2zᵀAz + ‖g‖² + 2√ε gᵀAz + ε zᵀA²z, mean 2J + d/ε + ε tr A²:
-//!   eq. 13's "2 D_Fisher + const" with const = d/ε + O(ε) (not θ-dependent), and a variance
-//!   2d/ε² + 4E‖g‖²/ε + O(1) that blows up.
-//! - VR-DSM (eq. 15) drops the first two terms: mean 2J + ε tr A², bounded variance. Note the
-//!   factor 2: VR-DSM as specified (and implemented) estimates **2J**, not J.
+//! - DSM (σ² = ε), ½ε⁻²‖√ε z − ε∇E(x + √ε z)‖²
+//!   = ½[‖z‖²/ε − 2gᵀz/√ε − 2zᵀAz + ‖g‖² + 2√ε gᵀAz + ε zᵀA²z], mean J + d/2ε + ε tr A²/2:
+//!   eq. 13's "2 D_Fisher + const" halved, with const = d/ε + O(ε) (not θ-dependent), and a
+//!   variance that blows up like 1/ε².
+//! - VR-DSM (eq. 15, also halved) drops the first two terms: mean J + ε tr A²/2, bounded
+//!   variance. (wmvl reports ½ε⁻² so that all score-matching objectives estimate J.)
 //! - SSM (v uniform on the sphere of radius √d): ½(vᵀg)² − vᵀAv; SSM-VR: ½‖g‖² − zᵀAz;
 //!   exact SM: ½‖g‖² − tr A. All have mean J exactly.
 //! - CD-1 (s = 1, x₁ constant): [E(x₀) − E(x₁) + gᵀξ]/ε = ‖g‖² − ½δᵀAδ/ε.
@@ -230,19 +230,24 @@ impl Gauss {
         mat_vec(&self.a, &y)
     }
 
-    /// The energy as tape ops: ½ rowdot((x−μ)·A, x−μ).
-    fn energy<'t, B: Dev + 't>(
-        &self,
-        tape: &'t Tape<B>,
-    ) -> Result<EnergyFn<impl Fn(Var<'t, B>) -> Result<Var<'t, B>>>> {
+    /// A and μ as fresh leaves on `tape` (for [`quadratic`]).
+    fn leaves<'t, B: Dev>(&self, tape: &'t Tape<B>) -> Result<(Var<'t, B>, Var<'t, B>)> {
         let dev = *tape.backend();
         let a = tape.leaf(dev.put(D, D, &self.a)?);
         let mu = tape.leaf(dev.put(1, D, &self.mu)?);
-        Ok(EnergyFn(move |x: Var<'t, B>| {
-            let y = x.sub(mu)?;
-            y.matmul(a)?.rowdot(y)?.scale(0.5)
-        }))
+        Ok((a, mu))
     }
+}
+
+/// E(x) = ½ rowdot((x−μ)·A, x−μ) for tape values A (d × d) and μ (1 × d).
+fn quadratic<'t, B: Dev + 't>(
+    a: Var<'t, B>,
+    mu: Var<'t, B>,
+) -> EnergyFn<impl Fn(Var<'t, B>) -> Result<Var<'t, B>>> {
+    EnergyFn(move |x: Var<'t, B>| {
+        let y = x.sub(mu)?;
+        y.matmul(a)?.rowdot(y)?.scale(0.5)
+    })
 }
 
 /// What one evaluation returned, read back to the host.
@@ -267,7 +272,8 @@ fn run<B: Dev>(
     let tape = Tape::new(dev);
     let x0 = tape.leaf(dev.put(n, D, x)?);
     let z = tape.random(n, D, Dist::STANDARD_NORMAL, NOISE_SEED, stream)?;
-    let energy = g.energy(&tape)?;
+    let (a, mu) = g.leaves(&tape)?;
+    let energy = quadratic(a, mu);
     let est = estimate(obj, cfg, &energy, x0, Some(z))?;
     Ok(Run {
         per_sample: dev.get(&est.per_sample.value())?,
@@ -346,8 +352,7 @@ fn per_sample_values_match_closed_forms() -> Result<()> {
                 let (v, mag) = match obj {
                     Objective::Mvl => {
                         let ei = step_i(e, &gr, rescale);
-                        let mut v =
-                            0.5 * gg - ei * gag / 8.0 + (ei / 2.0).sqrt() * gaz - zaz;
+                        let mut v = 0.5 * gg - ei * gag / 8.0 + (ei / 2.0).sqrt() * gaz - zaz;
                         if !cv {
                             v -= (2.0 / ei).sqrt() * gz;
                         }
@@ -374,7 +379,12 @@ fn per_sample_values_match_closed_forms() -> Result<()> {
                         if obj == Objective::Dsm {
                             v += dot(zi, zi) / e - 2.0 * gz / e.sqrt();
                         }
-                        let mag = 2.0 * zaz.abs() + gg + 2.0 * (e.sqrt() * gaz).abs() + e * za2z
+                        // wmvl reports ½ε⁻²L.
+                        let v = 0.5 * v;
+                        let mag = 2.0 * zaz.abs()
+                            + gg
+                            + 2.0 * (e.sqrt() * gaz).abs()
+                            + e * za2z
                             + dot(zi, zi) / e
                             + 2.0 * gz.abs() / e.sqrt();
                         (v, mag)
@@ -448,13 +458,112 @@ fn per_sample_values_match_closed_forms() -> Result<()> {
     Ok(())
 }
 
+/// The parameter gradient, exactly: differentiate each loss with respect to μ (a leaf of the
+/// energy) on the f64 CPU tape and compare with the derivative of its closed form, holding
+/// εᵢ and ξ constant (SPEC §2: no gradient through εᵢ, ε₀/εᵢ, ξ or x₀) and, for CD-1, x₁.
+/// With g = A(x−μ), ∂g/∂μ = −A:
+/// - MVL: ∂/∂μ [½‖g‖² − εᵢgᵀAg/8 + √(εᵢ/2) gᵀAz − zᵀAz] = −Ag + εᵢA²g/4 − √(εᵢ/2) A²z;
+///   without the control variate add +√(2/εᵢ) Az.
+/// - CD-1: ∂/∂μ [E(x₀) − E(x₁) + gᵀξ]/ε with x₁ constant = [−g₀ + g(x₁) − Aξ]/ε = −Ag₀
+///   exactly (the SM gradient ∂/∂μ ½‖g‖²); without the control variate −Ag₀ + Aξ/ε.
+/// - exact SM: −Ag.
+///
+/// This pins down the double-backward paths (g inside x₁, g in the control variate) and
+/// every stop-gradient: a gradient through εᵢ would add −v·∂μ log εᵢ on the rescaled rows
+/// (most rows here: ‖g‖² > 1), one through x₁ in CD-1 would add εA·g(x₁).
+#[test]
+fn parameter_gradients_match_closed_forms() -> Result<()> {
+    let g = Gauss::new();
+    let n = 256;
+    let x = g.sample(n);
+    let stream = 9;
+    let z = reference_draw(n * D, Dist::STANDARD_NORMAL, NOISE_SEED, stream);
+    let a = &g.a;
+    let a2 = g.a2();
+    let rescaled = x
+        .chunks(D)
+        .filter(|xi| {
+            let gr = g.grad_host(xi);
+            dot(&gr, &gr) > 1.0
+        })
+        .count();
+    assert!(rescaled > n / 4, "only {rescaled} rows rescaled");
+    for &(obj, cv, rescale) in &[
+        (Objective::Mvl, true, true),
+        (Objective::Mvl, true, false),
+        (Objective::Mvl, false, true),
+        (Objective::Cd1, true, true),
+        (Objective::Cd1, false, true),
+        (Objective::ExactSm, true, true),
+    ] {
+        let eps = 1e-2f32;
+        let e = eps as f64;
+        let tape = Tape::new(Cpu);
+        let al = tape.leaf(Cpu.put(D, D, a)?);
+        let mu = tape.leaf(Cpu.put(1, D, &g.mu)?);
+        let x0 = tape.leaf(Cpu.put(n, D, &x)?);
+        let zt = tape.random(n, D, Dist::STANDARD_NORMAL, NOISE_SEED, stream)?;
+        let est = estimate(
+            obj,
+            &cfg(eps, cv, rescale),
+            &quadratic(al, mu),
+            x0,
+            Some(zt),
+        )?;
+        let got = tape.grad(est.loss, &[mu], false)?[0].value().data;
+        let mut want = vec![0.0; D];
+        let mut scale = 0.0f64;
+        for (xi, zi) in x.chunks(D).zip(z.chunks(D)) {
+            let gr = g.grad_host(xi);
+            let ag = mat_vec(a, &gr);
+            let a2g = mat_vec(&a2, &gr);
+            let az = mat_vec(a, zi);
+            let a2z = mat_vec(&a2, zi);
+            for j in 0..D {
+                let terms = match obj {
+                    Objective::Mvl => {
+                        let ei = step_i(e, &gr, rescale);
+                        let cv_off = if cv { 0.0 } else { (2.0 / ei).sqrt() * az[j] };
+                        [
+                            -ag[j],
+                            ei * a2g[j] / 4.0,
+                            -(ei / 2.0).sqrt() * a2z[j],
+                            cv_off,
+                        ]
+                    }
+                    Objective::Cd1 => {
+                        let cv_off = if cv { 0.0 } else { (2.0 / e).sqrt() * az[j] };
+                        [-ag[j], cv_off, 0.0, 0.0]
+                    }
+                    _ => [-ag[j], 0.0, 0.0, 0.0],
+                };
+                want[j] += terms.iter().sum::<f64>() / n as f64;
+                scale = scale.max(terms.iter().map(|t| t.abs()).sum::<f64>());
+            }
+        }
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
+        // f64 rounding of E differences divided by ε = 1e-2, and CD-1's f32 constants √(2ε)
+        // and 1/ε (relative ≤ 6e-8 on terms of size `scale`): 1e-6·scale.
+        assert!(
+            err <= 1e-6 * scale,
+            "{} cv={cv} rescale={rescale}: ∂loss/∂μ = {got:?}, closed form {want:?}",
+            obj.name()
+        );
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Means against J (GPU)
 // ---------------------------------------------------------------------------------------------
 
-/// Rows for the statistical tests: enough that 3 SE is ~0.05 for the estimators of J, i.e.
-/// ~1% of the data spread of ½‖g‖² and far below the effect of any plausible formula error
-/// (a wrong energy scale s, a missing ε₀/εᵢ factor, a lost control-variate term: O(1)).
+/// Rows for the statistical tests: the per-sample sd of the J estimators is ≈ 5–7.5, so
+/// SE ≈ 0.03–0.04 and 3 SE ≈ 0.1, far below the effect of a plausible formula error: e.g.
+/// energy scale s = 1 instead of ½ shifts MVL's mean by E[½‖g‖²] = J + tr A ≈ 4.9 (≈ 140 SE),
+/// and mutations of that kind were checked to fail this test.
 const N: usize = 32_768;
 
 #[test]
@@ -467,13 +576,20 @@ fn estimators_are_unbiased_for_closed_form_j() -> Result<()> {
     let d = D as f64;
     println!("closed-form J = {j:.5}  (d = {D}, n = {N})");
 
-    // Sample-based check of the data draw itself: mean of ½‖g‖² − tr A over the rows (the
-    // exact-SM per-sample values, no noise) has SE ≈ 0.01; this guards the test problem.
+    // (name, per-sample statistics, target). Exact SM (no noise, SE ≈ 0.028 from the data
+    // alone) also guards the test problem itself: the Philox data draw has the stated m, S.
     let mut checks: Vec<(String, Stats, f64)> = Vec::new();
     let eps = 1e-3f32;
     let e = eps as f64;
     for (k, &rescale) in [true, false].iter().enumerate() {
-        let r = run(gpu, &g, &x, Objective::Mvl, &cfg(eps, true, rescale), 1 + k as u64)?;
+        let r = run(
+            gpu,
+            &g,
+            &x,
+            Objective::Mvl,
+            &cfg(eps, true, rescale),
+            1 + k as u64,
+        )?;
         // Bias of the quadratic case: −E[εᵢ gᵀAg]/8 (≤ ε₀ λ_max/8 ≈ 3e-4 with rescaling).
         let bias = if rescale {
             -x.chunks(D)
@@ -498,18 +614,22 @@ fn estimators_are_unbiased_for_closed_form_j() -> Result<()> {
         let r = run(gpu, &g, &x, obj, &cfg(eps, true, true), stream)?;
         checks.push((obj.name().to_string(), stats(&r.per_sample), j));
     }
-    // VR-DSM: 2J + ε tr A² (the factor 2 of eq. 13).
+    // VR-DSM (halved): J + ε tr A²/2.
     let r = run(gpu, &g, &x, Objective::VrDsm, &cfg(eps, true, true), 6)?;
-    checks.push(("vr-dsm (target 2J + ε trA²)".into(), stats(&r.per_sample), 2.0 * j + e * tr_a2));
-    // Plain DSM at a moderate ε = 0.1, where its variance (≈ 2d/ε² = 600) is still finite:
-    // mean 2J + d/ε + ε tr A².
+    checks.push((
+        "vr-dsm (target J + ε trA²/2)".into(),
+        stats(&r.per_sample),
+        j + 0.5 * e * tr_a2,
+    ));
+    // Plain DSM at a moderate ε = 0.1, where its variance (≈ d/2ε² = 150) is still finite:
+    // mean J + d/2ε + ε tr A²/2.
     let e_dsm = 0.1f32;
     let r = run(gpu, &g, &x, Objective::Dsm, &cfg(e_dsm, true, true), 7)?;
     let ed = e_dsm as f64;
     checks.push((
-        "dsm eps=0.1 (target 2J + d/ε + ε trA²)".into(),
+        "dsm eps=0.1 (target J + d/2ε + ε trA²/2)".into(),
         stats(&r.per_sample),
-        2.0 * j + d / ed + ed * tr_a2,
+        j + 0.5 * (d / ed + ed * tr_a2),
     ));
 
     let mut failures = Vec::new();
@@ -533,12 +653,14 @@ fn estimators_are_unbiased_for_closed_form_j() -> Result<()> {
 
 /// With the control variate, MVL's per-sample variance is O(1) in ε₀ (changes < 3× over
 /// 1e-1 … 1e-5); without it grows like 1/ε₀ (> 100× from 1e-1 to 1e-5, and at 1e-5 the
-/// excess equals 2E[‖g‖²/εᵢ] within 10%, the sampling error of a variance estimate of a
-/// heavy-tailed quantity at this n being a few %). VR-DSM bounded, DSM growing (like 1/ε²).
+/// excess equals 2E[‖g‖²/εᵢ] within 3 SE of a variance estimate, 11%). VR-DSM bounded,
+/// DSM growing (like 1/ε²).
 ///
-/// Runs on the GPU at all three step sizes: f32 rounding at ε₀ = 1e-5 adds an error of
-/// ~ulp(E)/ε ≈ 1e-6/1e-5 = 0.1 per sample to MVL (and ~0.02 to VR-DSM), i.e. a variance of
-/// ~0.01 against O(1) variances; the GPU-vs-CPU comparison at 1e-5 below confirms it.
+/// Runs on the GPU at all three step sizes. f32 rounding at ε₀ = 1e-5 adds to MVL an error
+/// of ~ulp(E)/εᵢ = ulp(E)·max(1, ‖g‖²)/ε₀ per sample: ~0.1 on typical rows, up to ~10 on the
+/// few rows with E ≈ 30 and ‖g‖² ≈ 50; measured, the variance goes from 41.3 (f64 tape) to
+/// 42.4 (GPU), +3%, which cannot move a 3× or 100× criterion. VR-DSM: ~0.02 per sample
+/// (+0.005%). The GPU-vs-CPU comparison at 1e-5 at the end of the test checks this (10%).
 #[test]
 fn variance_pattern_over_step_sizes() -> Result<()> {
     let gpu = gpu();
@@ -578,12 +700,23 @@ fn variance_pattern_over_step_sizes() -> Result<()> {
         growth(1),
         growth(3)
     );
-    assert!(spread(0) < 3.0, "MVL with control variate: variance spread {}", spread(0));
+    assert!(
+        spread(0) < 3.0,
+        "MVL with control variate: variance spread {}",
+        spread(0)
+    );
     assert!(spread(2) < 3.0, "VR-DSM: variance spread {}", spread(2));
-    assert!(growth(1) > 100.0, "MVL without control variate grew only {}×", growth(1));
+    assert!(
+        growth(1) > 100.0,
+        "MVL without control variate grew only {}×",
+        growth(1)
+    );
     assert!(growth(3) > 100.0, "DSM grew only {}×", growth(3));
 
-    // The 1/ε law: Var(no cv) − Var(cv) = 2E[‖g‖²/εᵢ] − 2E[gᵀAg]·(cov. term, O(1)).
+    // The 1/ε law: the no-cv value is v_cv − w with w = √(2/εᵢ) gᵀz, so
+    // Var(no cv) − Var(cv) = Var(w) − 2 Cov(v_cv, w) = 2E[‖g‖²/εᵢ] − 2E[gᵀAg], the second
+    // term O(10) against ~4e7. The sample variance of w (kurtosis ≈ 27, by simulation) has
+    // a relative SE of √(26/20 000) ≈ 3.6%, so 11% is 3 SE.
     let e = 1e-5;
     let excess: f64 = x
         .chunks(D)
@@ -595,18 +728,20 @@ fn variance_pattern_over_step_sizes() -> Result<()> {
         / n as f64;
     let got = table[2][1] - table[2][0];
     println!("excess variance at 1e-5: {got:.4e}, predicted 2E[‖g‖²/εᵢ] = {excess:.4e}");
-    assert!((got / excess - 1.0).abs() < 0.1);
+    assert!((got / excess - 1.0).abs() < 0.11);
 
     // f32 is good enough at 1e-5: the same run on the f64 CPU tape has the same variance
-    // (same data, same Philox noise) to within 5%.
-    let cpu_var = stats(&run(Cpu, &g, &x, Objective::Mvl, &cfg(1e-5, true, true), 12)?.per_sample).var;
-    let vr_cpu = stats(&run(Cpu, &g, &x, Objective::VrDsm, &cfg(1e-5, true, true), 12)?.per_sample).var;
+    // (same data, same Philox noise) to within 10% (measured: 3% for MVL, see above).
+    let cpu_var =
+        stats(&run(Cpu, &g, &x, Objective::Mvl, &cfg(1e-5, true, true), 12)?.per_sample).var;
+    let vr_cpu =
+        stats(&run(Cpu, &g, &x, Objective::VrDsm, &cfg(1e-5, true, true), 12)?.per_sample).var;
     println!(
         "eps 1e-5 GPU vs CPU variance: mvl+cv {:.4} vs {cpu_var:.4}, vr-dsm {:.4} vs {vr_cpu:.4}",
         table[2][0], table[2][2]
     );
-    assert!((table[2][0] / cpu_var - 1.0).abs() < 0.05);
-    assert!((table[2][2] / vr_cpu - 1.0).abs() < 0.05);
+    assert!((table[2][0] / cpu_var - 1.0).abs() < 0.1);
+    assert!((table[2][2] / vr_cpu - 1.0).abs() < 0.1);
     Ok(())
 }
 
@@ -632,7 +767,10 @@ fn mh_acceptance_in_unit_interval_and_tends_to_one() -> Result<()> {
         prev = acc;
         match k {
             0 => assert!(acc < 0.9, "eps = 1 should reject often, got {acc}"),
-            3 => assert!(acc > 0.99, "eps = 1e-5 should accept almost surely, got {acc}"),
+            3 => assert!(
+                acc > 0.99,
+                "eps = 1e-5 should accept almost surely, got {acc}"
+            ),
             _ => {}
         }
     }
@@ -679,14 +817,21 @@ fn energy_regulariser_adds_exact_penalty() -> Result<()> {
         let got = r1.loss - r0.loss;
         println!("c = {c:e}: CPU loss increase {got:.9e}, want {want:.9e}");
         assert!((got / want - 1.0).abs() < 1e-9);
-        assert_eq!(r0.per_sample, r1.per_sample, "the regulariser is not per-sample");
+        assert_eq!(
+            r0.per_sample, r1.per_sample,
+            "the regulariser is not per-sample"
+        );
 
         let r0 = run(gpu(), &g, &x, Objective::Mvl, &base, stream)?;
         let r1 = run(gpu(), &g, &x, Objective::Mvl, &with, stream)?;
         let got = r1.loss - r0.loss;
         println!("c = {c:e}: GPU loss increase {got:.6e}");
-        // f32: the loss (~|J| ≈ 3) is rounded to ~3e-7 in each run; the increase is ≥ 3e-5.
-        assert!((got - want).abs() < 2e-2 * want, "GPU increase {got} vs {want}");
+        // f32: each loss (|loss| ≲ 1, a mean of 512 values) carries ~1e-6 of rounding; the
+        // increase is ≥ 2.8e-4, so 2% (≥ 5.6e-6) is a few times that. Measured: ~1e-5 relative.
+        assert!(
+            (got - want).abs() < 2e-2 * want,
+            "GPU increase {got} vs {want}"
+        );
     }
     Ok(())
 }
@@ -717,16 +862,27 @@ fn net() -> Result<Net> {
     let z = reference_draw(n * 2, Dist::STANDARD_NORMAL, DATA_SEED, 1);
     let x = z
         .chunks(2)
-        .flat_map(|z| [(1.0 + 2.0 * z[0]) as f32 as f64, (-0.5 + 1.0 * z[0] + 1.5 * z[1]) as f32 as f64])
+        .flat_map(|z| {
+            [
+                (1.0 + 2.0 * z[0]) as f32 as f64,
+                (-0.5 + 1.0 * z[0] + 1.5 * z[1]) as f32 as f64,
+            ]
+        })
         .collect();
     Ok(Net { arch, hp, x })
 }
 
 /// Averaged parameter gradient of `obj` over `draws` noise draws (one when no noise is
 /// needed), flattened; with the fraction of rows whose ‖∇ₓE‖² exceeds 1.
-fn net_grad(net: &Net, obj: Objective, c: &Config, draws: u64) -> Result<(Vec<f64>, f64, Option<f64>)> {
+fn net_grad(
+    net: &Net,
+    obj: Objective,
+    c: &Config,
+    draws: u64,
+) -> Result<(Vec<f64>, f64, Option<f64>)> {
     let gpu = gpu();
-    let mut model = Model::<&Gpu>::from_host(net.arch.clone(), &net.hp, |r, c, d| gpu.upload(r, c, d))?;
+    let mut model =
+        Model::<&Gpu>::from_host(net.arch.clone(), &net.hp, |r, c, d| gpu.upload(r, c, d))?;
     let n = net.x.len() / 2;
     let draws = if obj.needs_noise() { draws } else { 1 };
     let mut sum: Vec<f64> = Vec::new();
@@ -754,7 +910,9 @@ fn net_grad(net: &Net, obj: Objective, c: &Config, draws: u64) -> Result<(Vec<f6
         if sum.is_empty() {
             sum = vec![0.0; flat.len()];
         }
-        sum.iter_mut().zip(&flat).for_each(|(s, v)| *s += v / draws as f64);
+        sum.iter_mut()
+            .zip(&flat)
+            .for_each(|(s, v)| *s += v / draws as f64);
     }
     Ok((sum, frac, monitor))
 }
@@ -762,7 +920,9 @@ fn net_grad(net: &Net, obj: Objective, c: &Config, draws: u64) -> Result<(Vec<f6
 /// SPEC §2: the averaged MVL parameter gradient (double backward through ∇ₓE inside x₁ and the
 /// control variate; stop-gradient on εᵢ and ξ) agrees with the exact-SM gradient, rescaling
 /// on and off. The data are the same rows for both, so the difference is noise + O(ε) bias:
-/// 8192 rows × 8 draws make the MC error ~1% of the gradient's norm.
+/// 8192 rows × 8 draws make the MC error ~1% of the gradient's norm (measured cosines
+/// 0.99997). Checked by mutation: a gradient through εᵢ drops the cosine to 0.955, dropping
+/// the second-order path (g detached inside x₁) or g in the control variate fails too.
 #[test]
 fn mvl_parameter_gradient_matches_exact_sm() -> Result<()> {
     let net = net()?;
