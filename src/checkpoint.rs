@@ -46,11 +46,9 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::path::Path;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use safetensors::tensor::{Dtype, SafeTensors, View};
 
@@ -157,23 +155,6 @@ impl View for &F32View {
         self.bytes.len()
     }
 }
-
-/// Removes the temporary file on drop unless the save succeeded.
-struct TempFile {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// Distinguishes temporary files of concurrent saves within one process.
-static SAVE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Checkpoint {
     /// An empty checkpoint.
@@ -304,69 +285,10 @@ impl Checkpoint {
             .serialize()
             .map_err(|e| prefix(e, &format!("saving {}", path.display())))?;
 
-        let io = |what: &str, e: std::io::Error| {
-            Error::Io(format!("saving checkpoint {}: {what}: {e}", path.display()))
-        };
-        let file_name = path.file_name().ok_or_else(|| {
-            Error::Io(format!(
-                "saving checkpoint {}: the path does not name a file",
-                path.display()
-            ))
-        })?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-
-        // A fresh temporary file next to the target, so that the rename stays on one filesystem.
-        let (mut file, mut temp) = loop {
-            let n = SAVE_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let mut name = std::ffi::OsString::from(".");
-            name.push(file_name);
-            name.push(format!(".{}.{n}.tmp", std::process::id()));
-            let tmp_path = dir.join(name);
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp_path)
-            {
-                Ok(f) => {
-                    break (
-                        f,
-                        TempFile {
-                            path: tmp_path,
-                            keep: false,
-                        },
-                    )
-                }
-                // A stale file from an earlier process with the same id: try the next name.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < u64::MAX => continue,
-                Err(e) => {
-                    return Err(io(
-                        &format!("cannot create a temporary file in {}", dir.display()),
-                        e,
-                    ))
-                }
-            }
-        };
-
-        let tmp_shown = temp.path.display().to_string();
-        file.write_all(&bytes)
-            .map_err(|e| io(&format!("writing {tmp_shown}"), e))?;
-        file.sync_all()
-            .map_err(|e| io(&format!("syncing {tmp_shown}"), e))?;
-        drop(file);
-        fs::rename(&temp.path, path)
-            .map_err(|e| io(&format!("renaming {tmp_shown} over it"), e))?;
-        temp.keep = true;
-
-        // Make the rename itself durable. Best effort: some filesystems refuse to sync a
-        // directory, and the data is already safely in place either way.
-        #[cfg(unix)]
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::fsutil::write_atomic(path, &bytes).map_err(|e| match e {
+            Error::Io(m) => Error::Io(format!("saving checkpoint: {m}")),
+            other => other,
+        })
     }
 
     /// Reads and validates a checkpoint written by [`Checkpoint::save`] (or any safetensors

@@ -40,7 +40,6 @@ use crate::error::{Error, Result};
 use rand_core::{RngCore, SeedableRng};
 use rand_pcg::Pcg64;
 use std::f64::consts::TAU;
-use std::io::Write;
 use std::path::Path;
 
 // ---------------------------------------------------------------------------------
@@ -905,50 +904,5 @@ pub fn save_npy(path: impl AsRef<Path>, rows: usize, cols: usize, data: &[f32]) 
     for v in data {
         bytes.extend_from_slice(&v.to_le_bytes());
     }
-    write_atomic(path, &bytes)
-}
-
-/// Writes `bytes` to a fresh temporary file next to `path`, syncs it and renames it to `path`.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let io = |what: &str, e: std::io::Error| Error::Io(format!("{what} {}: {e}", path.display()));
-    let file_name = path.file_name().ok_or_else(|| {
-        Error::Invalid(format!("cannot write {}: not a file path", path.display()))
-    })?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}-{nanos}",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| io("cannot create a temporary file for", e))?;
-        f.write_all(bytes).map_err(|e| io("cannot write", e))?;
-        f.sync_all().map_err(|e| io("cannot flush", e))?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(|e| io("cannot move the temporary file onto", e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        return result;
-    }
-    // Best effort: persist the rename itself (directories can be opened on Unix only).
-    #[cfg(unix)]
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::fsutil::write_atomic(path, &bytes)
 }

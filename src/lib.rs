@@ -23,6 +23,7 @@ pub mod checkpoint;
 pub mod cpu;
 pub mod data;
 pub mod error;
+pub mod fsutil;
 pub mod gpu;
 pub mod model;
 pub mod objective;

@@ -28,10 +28,7 @@
 //! that brings the longer side of the grid closest to 320 pixels (at least 1), so no cell is
 //! ever dropped or blended. Choose `nx : ny` in proportion to the data ranges for a true aspect.
 
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 
@@ -269,7 +266,7 @@ pub fn density_panels(
     caption: &str,
 ) -> Result<()> {
     let png = render_density_panels(grid, panels, caption)?.to_png()?;
-    write_atomic(path.as_ref(), &png)
+    crate::fsutil::write_atomic(path.as_ref(), &png)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -834,48 +831,3 @@ const FONT: [[u8; 7]; 95] = [
 
 // ---------------------------------------------------------------------------------------------
 // Atomic file writing
-
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `bytes` to a fresh temporary file beside `path`, syncs it, then renames it over
-/// `path`. On any failure the temporary file is removed and `path` is untouched.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io_err =
-        |what: &str, e: std::io::Error| Error::Io(format!("{what} {}: {e}", path.display()));
-    let name = path.file_name().ok_or_else(|| {
-        Error::Invalid(format!(
-            "figure path {} does not name a file",
-            path.display()
-        ))
-    })?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| io_err("creating a temporary file for", e))?;
-        f.write_all(bytes)
-            .map_err(|e| io_err("writing a temporary file for", e))?;
-        f.sync_all()
-            .map_err(|e| io_err("syncing a temporary file for", e))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(|e| io_err("replacing", e))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    } else if let Ok(d) = fs::File::open(&dir) {
-        // Best effort: make the rename itself durable.
-        let _ = d.sync_all();
-    }
-    result
-}

@@ -1140,3 +1140,85 @@ fn sample_with_mala() {
     assert_eq!((m.rows, m.cols), (64, 2));
     assert!(m.data.iter().all(|v| v.is_finite()));
 }
+
+#[test]
+fn an_output_may_not_overwrite_an_input() {
+    let t = workdir("same-path");
+    let d = &t.0;
+    let before = fs::read(t.path("model.safetensors")).unwrap();
+    let run = wmvl(
+        d,
+        &[
+            "eval",
+            "--checkpoint",
+            "model.safetensors",
+            "--data",
+            "data.npy",
+            "--objective",
+            "mvl",
+            "--grad-out",
+            "model.safetensors",
+        ],
+    );
+    assert_fails(
+        &run,
+        &["model.safetensors", "both an input and the output"],
+        &[],
+    );
+    assert_eq!(
+        fs::read(t.path("model.safetensors")).unwrap(),
+        before,
+        "the checkpoint was changed"
+    );
+    let before = fs::read(t.path("data.npy")).unwrap();
+    let run = wmvl(
+        d,
+        &[
+            "score",
+            "--checkpoint",
+            "model.safetensors",
+            "--points",
+            "data.npy",
+            "--out",
+            "data.npy",
+        ],
+    );
+    assert_fails(&run, &["data.npy", "both an input and the output"], &[]);
+    assert_eq!(
+        fs::read(t.path("data.npy")).unwrap(),
+        before,
+        "the data were changed"
+    );
+}
+
+#[test]
+fn sampler_settings_are_checked() {
+    let t = workdir("sampler-settings");
+    let d = &t.0;
+    for (flag, value) in [
+        ("--init-std", "nan"),
+        ("--init-std", "-1"),
+        ("--step-size", "0"),
+        ("--step-size", "inf"),
+    ] {
+        let run = wmvl(
+            d,
+            &[
+                "sample",
+                "--checkpoint",
+                "model.safetensors",
+                "--n",
+                "8",
+                "--out",
+                "s.npy",
+                flag,
+                value,
+            ],
+        );
+        assert_fails(&run, &[flag], &[]);
+        assert!(
+            !t.path("s.npy").exists(),
+            "{flag} {value}: an output was written"
+        );
+    }
+}

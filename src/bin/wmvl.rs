@@ -103,6 +103,22 @@ impl Opts {
     }
 }
 
+/// Refuse an output path that names one of the command's inputs.
+fn not_an_input(out: &Path, inputs: &[Option<&str>]) -> Result<(), Error> {
+    let canon = |p: &Path| std::fs::canonicalize(p).ok();
+    if let Some(o) = canon(out) {
+        for i in inputs.iter().flatten() {
+            if canon(Path::new(i)).as_ref() == Some(&o) {
+                return Err(Error::Invalid(format!(
+                    "{} is both an input and the output; write the output elsewhere",
+                    out.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Refuse early (before any work) if an output could not be written.
 fn check_output(path: &Path, ext: Option<&str>) -> Result<(), Error> {
     if let Some(ext) = ext {
@@ -236,6 +252,7 @@ fn train(args: &[String]) -> Result<(), Error> {
     )?;
     let out = PathBuf::from(o.need("out")?);
     check_output(&out, None)?;
+    not_an_input(&out, &[o.str("data")])?;
     if let Some(p) = o.str("plot") {
         check_output(Path::new(p), Some("png"))?;
     }
@@ -438,6 +455,10 @@ fn eval(args: &[String]) -> Result<(), Error> {
     let seed: u64 = o.num("seed", 0)?;
     if let Some(g) = o.str("grad-out") {
         check_output(Path::new(g), Some("safetensors"))?;
+        not_an_input(
+            Path::new(g),
+            &[Some(ck_path), Some(data_path), o.str("noise")],
+        )?;
     }
     let data = load_data(data_path)?;
     let noise = o.str("noise").map(load_data).transpose()?;
@@ -526,6 +547,7 @@ fn score(args: &[String]) -> Result<(), Error> {
     let (ck_path, pts_path) = (o.need("checkpoint")?, o.need("points")?);
     let out = o.need("out")?;
     check_output(Path::new(out), Some("npy"))?;
+    not_an_input(Path::new(out), &[Some(pts_path)])?;
     let pts = load_data(pts_path)?;
     let gpu = open_gpu()?;
     let (mut model, _) = load_model(&gpu, Path::new(ck_path))?;
@@ -567,6 +589,7 @@ fn sample_cmd(args: &[String]) -> Result<(), Error> {
     let ck_path = o.need("checkpoint")?;
     let out = o.need("out")?;
     check_output(Path::new(out), Some("npy"))?;
+    not_an_input(Path::new(out), &[Some(ck_path)])?;
     let n: usize = o.num("n", 0)?;
     if n == 0 {
         return Err(usage_err("--n must be a positive number of samples".into()));
@@ -576,6 +599,14 @@ fn sample_cmd(args: &[String]) -> Result<(), Error> {
     let h: f64 = o.num("step-size", 1e-2)?;
     let seed: u64 = o.num("seed", 0)?;
     let init_std: f64 = o.num("init-std", 1.0)?;
+    if !(init_std.is_finite() && init_std >= 0.0) {
+        return Err(usage_err(format!(
+            "--init-std must be a finite number ≥ 0, got {init_std}"
+        )));
+    }
+    if !(h.is_finite() && h > 0.0) {
+        return Err(usage_err(format!("--step-size must be positive, got {h}")));
+    }
     let gpu = open_gpu()?;
     let (mut model, _) = load_model(&gpu, Path::new(ck_path))?;
     let d = model.arch.dim;
