@@ -198,7 +198,13 @@ impl std::fmt::Display for AdapterReport {
             l.max_compute_invocations_per_workgroup,
             l.max_compute_workgroups_per_dimension
         )?;
-        write!(f, "features: {:?}", self.features)
+        // The only optional feature wmvl asks for: GPU timestamps (used by the benchmarks).
+        let timing = if self.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            "timestamp queries (GPU-side timing)"
+        } else {
+            "none requested are available (benchmarks fall back to wall-clock timing)"
+        };
+        write!(f, "features: {timing}")
     }
 }
 
