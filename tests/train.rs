@@ -318,3 +318,33 @@ fn initialisations_follow_their_frameworks() {
         torch.weights[0].2
     );
 }
+
+#[test]
+fn training_steps_reuse_gpu_memory() {
+    // A Gpu of its own, so that other tests' tensors do not move the count.
+    let g: &'static Gpu = Box::leak(Box::new(Gpu::new().unwrap()));
+    let arch = tiny_arch();
+    let hp = HostParams::init(&arch, Init::Glorot, 4).unwrap();
+    let model = Model::from_host(arch, &hp, |r, c, d| g.upload(r, c, d)).unwrap();
+    let m = Toy::Banana.sample_matrix(256, 4);
+    let x = g.upload(m.rows, m.cols, &m.data).unwrap();
+    let cfg = TrainConfig {
+        steps: 3,
+        batch: 32,
+        log_every: 3,
+        verbose: false,
+        ..Default::default()
+    };
+    let mut tr = Trainer::new(g, model, x, None, cfg).unwrap();
+    tr.run().unwrap();
+    let after_warmup = g.allocated_bytes();
+    tr.cfg.steps = 12;
+    tr.run().unwrap();
+    // Every step's intermediates come back to the pool when its tape is dropped: twelve more
+    // steps allocate nothing new.
+    assert_eq!(
+        g.allocated_bytes(),
+        after_warmup,
+        "training steps allocated new GPU memory"
+    );
+}
