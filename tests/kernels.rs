@@ -877,3 +877,25 @@ fn other_kernel_family_matches_cpu() {
         assert!(e < REDUCE_TOL, "other family rowdot {rows}x{cols}: {e:.3e}");
     }
 }
+
+#[test]
+fn copy_into_overwrites_in_stream_order() {
+    let g = gpu();
+    let mut r = rng(91);
+    let a = random_vec(&mut r, 37 * 5, -2.0, 2.0);
+    let b = random_vec(&mut r, 37 * 5, -2.0, 2.0);
+    let src = g.upload(37, 5, &a).unwrap();
+    let dst = g.upload(37, 5, &b).unwrap();
+    // Work recorded before the copy sees the old contents, work after it the new ones.
+    let before = g.affine(&dst, 1.0, 0.0).unwrap();
+    g.copy_into(&src, &dst).unwrap();
+    let after = g.affine(&dst, 1.0, 0.0).unwrap();
+    assert_eq!(g.read(&before).unwrap(), b);
+    assert_eq!(g.read(&after).unwrap(), a);
+    assert_eq!(g.read(&dst).unwrap(), a);
+    let wrong = g.upload(5, 37, &a).unwrap();
+    assert!(matches!(
+        g.copy_into(&wrong, &dst),
+        Err(wmvl::Error::Shape(_))
+    ));
+}

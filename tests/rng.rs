@@ -382,3 +382,40 @@ fn statistical_checks_reject_wrong_distributions() {
         "mean {mean} of N(0.02, 1) passed as 0"
     );
 }
+
+#[test]
+fn gpu_row_indices_equal_reference_and_are_uniform() {
+    let g = gpu();
+    // Odd lengths and bounds, both halves of seed and stream in use.
+    for &(len, bound, seed, stream) in &[
+        (1usize, 1u32, 3u64, 1u64),
+        (7, 5, 9, 2),
+        (1001, 200, 0xdead_beef_0000_0001, 0x1_0000_0003),
+        (4096, 4_000_000, 42, 77),
+    ] {
+        let idx = g.random_index(len, bound as usize, seed, stream).unwrap();
+        assert_eq!(idx.bound(), bound);
+        let got = g.read_index(&idx).unwrap();
+        assert_eq!(
+            got,
+            wmvl::rng::reference_index(len, bound, seed, stream),
+            "len {len} bound {bound}"
+        );
+        assert!(got.iter().all(|&i| i < bound));
+    }
+    // Uniform over the rows: chi-square over 16 rows of 2^16 draws. With 15 degrees of freedom
+    // the 99.9% quantile is 37.7; a biased mapping (e.g. a modulo of a small range) fails.
+    let (n, rows) = (1usize << 16, 16u32);
+    let got = g
+        .read_index(&g.random_index(n, rows as usize, 5, 5).unwrap())
+        .unwrap();
+    let mut counts = vec![0f64; rows as usize];
+    for i in got {
+        counts[i as usize] += 1.0;
+    }
+    let expect = n as f64 / rows as f64;
+    let chi2: f64 = counts.iter().map(|c| (c - expect).powi(2) / expect).sum();
+    assert!(chi2 < 37.7, "chi-square {chi2:.1} over {rows} rows");
+    // A bound of zero has no valid index.
+    assert!(g.random_index(4, 0, 1, 1).is_err());
+}
