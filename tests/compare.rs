@@ -71,7 +71,7 @@ fn every_objective_learns_banana() {
 }
 
 #[test]
-#[ignore = "about 9 minutes on lavapipe; seconds on a GPU"]
+#[ignore = "about 6.5 minutes on lavapipe; seconds on a GPU"]
 fn score_matching_objectives_agree_within_ten_percent() {
     let arch = Arch {
         hidden: vec![32, 32],
