@@ -150,17 +150,21 @@ fn uniform(rng: &mut rand_pcg::Pcg64, lim: f64) -> f32 {
 }
 
 impl HostParams {
+    fn empty() -> HostParams {
+        HostParams {
+            weights: vec![],
+            biases: vec![],
+            sn_u: vec![],
+        }
+    }
+
     /// Seeded initial parameters for `arch`.
     pub fn init(arch: &Arch, init: Init, seed: u64) -> Result<HostParams> {
         arch.validate()?;
         let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
         let shapes = arch.layer_shapes();
         let last = shapes.len() - 1;
-        let mut hp = HostParams {
-            weights: vec![],
-            biases: vec![],
-            sn_u: vec![],
-        };
+        let mut hp = HostParams::empty();
         for (l, &(fi, fo)) in shapes.iter().enumerate() {
             let (wl, bl) = match init {
                 Init::Glorot => ((6.0 / (fi + fo) as f64).sqrt(), 0.0),
@@ -434,11 +438,7 @@ impl HostParams {
     pub fn from_checkpoint(ck: &crate::checkpoint::Checkpoint, arch: &Arch) -> Result<HostParams> {
         let shapes = arch.layer_shapes();
         let last = shapes.len() - 1;
-        let mut hp = HostParams {
-            weights: vec![],
-            biases: vec![],
-            sn_u: vec![],
-        };
+        let mut hp = HostParams::empty();
         for (l, &(fi, fo)) in shapes.iter().enumerate() {
             let w = ck.expect_shape(&format!("layers.{l}.weight"), fi, fo)?;
             let b = ck.expect_shape(&format!("layers.{l}.bias"), 1, fo)?;
@@ -459,11 +459,7 @@ impl<B: Backend> Model<B> {
     /// Copy the parameters to the host (e.g. for a checkpoint).
     pub fn to_host(&self, read: impl Fn(&B::Tensor) -> Result<Vec<f32>>) -> Result<HostParams> {
         let shapes = self.arch.layer_shapes();
-        let mut hp = HostParams {
-            weights: vec![],
-            biases: vec![],
-            sn_u: vec![],
-        };
+        let mut hp = HostParams::empty();
         for (l, &(fi, fo)) in shapes.iter().enumerate() {
             hp.weights.push((fi, fo, read(&self.weights[l])?));
             hp.biases.push((1, fo, read(&self.biases[l])?));

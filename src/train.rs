@@ -98,6 +98,12 @@ fn copy(gpu: &Gpu, t: &Tensor) -> Result<Tensor> {
     gpu.affine(t, 1.0, 0.0)
 }
 
+fn copy_sn(gpu: &Gpu, u: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
+    u.iter()
+        .map(|u| u.as_ref().map(|t| copy(gpu, t)).transpose())
+        .collect()
+}
+
 impl<'g> Trainer<'g> {
     /// `data` (n, d) on the GPU; `heldout` optional (m, d).
     pub fn new(
@@ -166,26 +172,12 @@ impl<'g> Trainer<'g> {
 
     fn snapshot(&self) -> Result<Snapshot> {
         let g = self.gpu;
+        let all = |ts: &[Tensor]| ts.iter().map(|t| copy(g, t)).collect::<Result<Vec<_>>>();
         Ok(Snapshot {
             step: self.steps_done,
-            weights: self
-                .model
-                .weights
-                .iter()
-                .map(|t| copy(g, t))
-                .collect::<Result<_>>()?,
-            biases: self
-                .model
-                .biases
-                .iter()
-                .map(|t| copy(g, t))
-                .collect::<Result<_>>()?,
-            sn_u: self
-                .model
-                .sn_u
-                .iter()
-                .map(|u| u.as_ref().map(|t| copy(g, t)).transpose())
-                .collect::<Result<_>>()?,
+            weights: all(&self.model.weights)?,
+            biases: all(&self.model.biases)?,
+            sn_u: copy_sn(g, &self.model.sn_u)?,
         })
     }
 
@@ -202,11 +194,7 @@ impl<'g> Trainer<'g> {
         for (dst, src) in live.iter().zip(saved) {
             g.copy_into(src, dst)?;
         }
-        self.model.sn_u = s
-            .sn_u
-            .iter()
-            .map(|u| u.as_ref().map(|t| copy(g, t)).transpose())
-            .collect::<Result<_>>()?;
+        self.model.sn_u = copy_sn(g, &s.sn_u)?;
         Ok(())
     }
 
