@@ -151,7 +151,9 @@ pub fn estimate<'t, B: Backend>(
 ) -> Result<Estimate<'t, B>> {
     let (rows, d) = x0.shape();
     if rows == 0 || d == 0 {
-        return Err(Error::Invalid(format!("empty batch ({rows} rows x {d} columns)")));
+        return Err(Error::Invalid(format!(
+            "empty batch ({rows} rows x {d} columns)"
+        )));
     }
     if !(cfg.eps.is_finite() && cfg.eps > 0.0) {
         return Err(Error::Invalid(format!(
