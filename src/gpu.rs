@@ -632,18 +632,24 @@ impl Gpu {
         output: &Arc<PooledBuffer>,
         groups: [u32; 3],
     ) -> Result<()> {
+        let input = |b: Option<&Arc<PooledBuffer>>| b.unwrap_or(&self.dummy).clone();
+        let buffers = vec![input(inputs[0]), input(inputs[1]), output.clone()];
+        self.push(Dispatch {
+            kernel,
+            params,
+            buffers,
+            groups,
+        })
+    }
+
+    /// Append a dispatch to the pending list, flushing when it grows past `MAX_PENDING`.
+    fn push(&self, dispatch: Dispatch) -> Result<()> {
         let n = {
             let mut pending = self
                 .pending
                 .lock()
                 .map_err(|_| Error::Gpu("pending list poisoned".into()))?;
-            let input = |b: Option<&Arc<PooledBuffer>>| b.unwrap_or(&self.dummy).clone();
-            pending.push(Dispatch {
-                kernel,
-                params,
-                buffers: vec![input(inputs[0]), input(inputs[1]), output.clone()],
-                groups,
-            });
+            pending.push(dispatch);
             pending.len()
         };
         if n >= MAX_PENDING {
@@ -986,24 +992,17 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
-        {
-            let mut pending = self
-                .pending
-                .lock()
-                .map_err(|_| Error::Gpu("pending list poisoned".into()))?;
-            pending.push(Dispatch {
-                kernel: Kernel::Update,
-                params,
-                buffers: vec![
-                    grad.buf.clone(),
-                    param.buf.clone(),
-                    s1.buf.clone(),
-                    s2.buf.clone(),
-                ],
-                groups: self.grid(n),
-            });
-        }
-        Ok(())
+        self.push(Dispatch {
+            kernel: Kernel::Update,
+            params,
+            buffers: vec![
+                grad.buf.clone(),
+                param.buf.clone(),
+                s1.buf.clone(),
+                s2.buf.clone(),
+            ],
+            groups: self.grid(n),
+        })
     }
 
     /// op(a)·op(b), op = transpose where flagged; shapes were checked by the tape.
