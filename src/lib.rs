@@ -24,6 +24,7 @@ pub mod cpu;
 pub mod data;
 pub mod error;
 pub mod fsutil;
+pub mod fused;
 pub mod gpu;
 pub mod model;
 pub mod objective;

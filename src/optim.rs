@@ -49,7 +49,7 @@ impl Rule {
     }
 
     /// Initial value of the first state buffer.
-    fn s1_init(&self) -> f32 {
+    pub(crate) fn s1_init(&self) -> f32 {
         match self {
             Rule::RmsPropTf { .. } => 1.0,
             _ => 0.0,
@@ -57,7 +57,7 @@ impl Rule {
     }
 
     /// (code, f0..f3, bias corrections) for the kernel at step t (1-based).
-    fn kernel_args(&self, lr: f32, t: u32) -> (u32, [f32; 4], [f32; 2]) {
+    pub(crate) fn kernel_args(&self, lr: f32, t: u32) -> (u32, [f32; 4], [f32; 2]) {
         match *self {
             Rule::RmsPropTf {
                 decay,
@@ -79,12 +79,15 @@ impl Rule {
 }
 
 /// An optimiser over a fixed list of parameter tensors, holding their state on the GPU.
+/// The state of all parameters is packed into two buffers (one per state variable) with the
+/// layout [`Gpu::packed_layout`] gives, so a fused kernel can update every parameter at once.
 pub struct Optimizer {
     pub rule: Rule,
     pub lr: f32,
     /// Steps taken so far.
     pub t: u32,
     state: Vec<(Tensor, Tensor)>,
+    packed: (Tensor, Tensor),
 }
 
 impl Optimizer {
@@ -94,18 +97,23 @@ impl Optimizer {
                 "learning rate must be positive, got {lr}"
             )));
         }
-        let state = params
+        let shapes: Vec<(usize, usize)> = params.iter().map(|p| p.shape()).collect();
+        let (offsets, total) = gpu.packed_layout(&shapes);
+        let packed = (
+            gpu.full(1, total.max(1), rule.s1_init())?,
+            gpu.full(1, total.max(1), 0.0)?,
+        );
+        let state = shapes
             .iter()
-            .map(|p| {
-                let (r, c) = p.shape();
-                Ok((gpu.full(r, c, rule.s1_init())?, gpu.full(r, c, 0.0)?))
-            })
+            .zip(&offsets)
+            .map(|(&(r, c), &at)| Ok((packed.0.view(at, r, c)?, packed.1.view(at, r, c)?)))
             .collect::<Result<_>>()?;
         Ok(Optimizer {
             rule,
             lr,
             t: 0,
             state,
+            packed,
         })
     }
 
@@ -192,5 +200,10 @@ impl Optimizer {
     /// The optimiser state tensors (s1, s2) of each parameter, e.g. for checkpoints.
     pub fn state(&self) -> &[(Tensor, Tensor)] {
         &self.state
+    }
+
+    /// The whole packed state buffers (s1, s2), in the layout of the parameters' packing.
+    pub(crate) fn packed_state(&self) -> (&Tensor, &Tensor) {
+        (&self.packed.0, &self.packed.1)
     }
 }

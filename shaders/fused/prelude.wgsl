@@ -1,0 +1,123 @@
+// The fused MVL step (SPEC §2, paper §3.2) for the score-net energy E(x) = ⟨x, ψ(x)⟩:
+// declarations shared by every fused kernel. src/fused/mod.rs lists the kernels of a step
+// in order and explains the streams; each kernel is this prelude + its own file (+ a matmul
+// core for the layer kernels), specialised by override constants set in src/fused/plan.rs.
+//
+// Notation per sample (a row): a₀ = x, z_l = a_{l−1}·W̃_l + b_l, a_l = f(z_l) for the hidden
+// layers l < L, ψ = z_L; W̃ = W/σ on spectrally normalised layers. Streams in `ws` are
+// (B, width) row-major blocks at offsets the plan computes.
+
+struct Step {
+    idx_words: vec4<u32>,   // Philox words of this step's minibatch-row draw
+    noise_words: vec4<u32>, // Philox words of this step's standard-normal draw
+    data_rows: u32,         // rows of `data` the minibatch is drawn from
+    row0: u32,              // with GIVEN_ROWS: the batch is rows row0.. of `data` (and `given`)
+    rows: u32,              // live rows of the batch (≤ B; the rest are padding)
+    train: u32,             // 1: apply the optimiser; 0: only compute the gradient
+    lr: f32,                // optimiser parameters, as shaders/optim.wgsl: f0..f3
+    rho: f32,
+    opt_eps: f32,
+    f3: f32,
+    bc1: f32,               // Adam bias corrections
+    bc2: f32,
+    pad0: f32,
+    pad1: f32,
+}
+
+@group(0) @binding(0) var<uniform> st: Step;
+@group(0) @binding(1) var<storage, read> data: array<f32>;
+@group(0) @binding(2) var<storage, read_write> theta: array<f32>;  // W₁, b₁, W₂, … packed
+@group(0) @binding(3) var<storage, read_write> sn: array<f32>;     // layer table, u, v, σ, dots
+@group(0) @binding(4) var<storage, read_write> ws: array<f32>;     // streams, partial sums, grads
+@group(0) @binding(5) var<storage, read_write> s1: array<f32>;     // optimiser state
+@group(0) @binding(6) var<storage, read_write> s2: array<f32>;
+@group(0) @binding(7) var<storage, read> given: array<f32>;       // given noise (B, D)
+
+override B: u32 = 1u;             // batch rows
+override D: u32 = 1u;             // data width
+override ACT: u32 = 0u;           // activation, an ops::Fun code
+override EPS0: f32 = 1e-3;        // base step ε₀
+override RESCALE: bool = true;    // εᵢ = ε₀ / max(1, ‖gᵢ‖²)
+override CV: bool = true;         // subtract the control variate g·ξ
+override REG: f32 = 0.0;          // energy-scale regulariser c
+override GIVEN_ROWS: bool = false;
+override GIVEN_NOISE: bool = false;
+const NONE: u32 = 0xffffffffu;
+
+// 1/σ of the layer whose σ is at sn[slot] (1 without spectral norm).
+fn inv_sigma(slot: u32) -> f32 {
+    if (slot == NONE) { return 1.0; }
+    return 1.0 / sn[slot];
+}
+
+fn act(x: f32) -> f32 { return fun(ACT, 0u, x); }
+fn act1(x: f32) -> f32 { return fun(ACT, 1u, x); }
+fn act2(x: f32) -> f32 { return fun(ACT, 2u, x); }
+
+// tanh(x) with small relative error also for tiny |x| (x − tanh's ulp-level absolute
+// accuracy near 0 is not enough: the differences below divide by ε).
+fn tanh_acc(x: f32) -> f32 {
+    let a = abs(x);
+    if (a < 0.25) {
+        let y = x * x;
+        return x * (1.0 + y * (-0.33333333 + y * (0.13333333 + y * (-0.053968254 + y * 0.021869489))));
+    }
+    let e = exp(-2.0 * a);
+    return sign(x) * (1.0 - e) / (1.0 + e);
+}
+
+// e^h − 1 = 2t/(1 − t), t = tanh(h/2): accurate for small |h| (WGSL has no expm1).
+fn expm1_acc(h: f32) -> f32 {
+    if (abs(h) > 0.5) { return exp(h) - 1.0; }
+    let t = tanh_acc(0.5 * h);
+    return 2.0 * t / (1.0 - t);
+}
+
+// σ(z+h) − σ(z) = σ(z+h)·σ(−z)·(1 − e^(−h)): no cancellation for any z, h.
+fn dsig(z: f32, h: f32) -> f32 {
+    return -sigmoid(z + h) * sigmoid(-z) * expm1_acc(-h);
+}
+
+// log(1 + y) for y > −1, accurate for small |y| (2·atanh(y/(2+y)) as a series).
+fn log1p_acc(y: f32) -> f32 {
+    if (abs(y) < 0.25) {
+        let s = y / (2.0 + y);
+        let q = s * s;
+        return 2.0 * s * (1.0 + q * (0.33333333 + q * (0.2 + q * (0.14285714 + q * 0.11111111))));
+    }
+    return log(1.0 + y);
+}
+
+// f(z+h) − f(z) computed as a difference, not by subtracting (SPEC §2, "Precision").
+fn dact(z: f32, h: f32) -> f32 {
+    switch ACT {
+        case 0u: { return h * sigmoid(z + h) + z * dsig(z, h); }          // swish
+        case 1u: { return 2.0 * dsig(2.0 * z, 2.0 * h); }                 // tanh = 2σ(2x) − 1
+        case 2u: { return dsig(z, h); }                                   // sigmoid
+        default: {                                                        // softplus
+            return log1p_acc(sigmoid(z) * expm1_acc(h));
+        }
+    }
+}
+
+// f′(z+h) − f′(z), likewise.
+fn dact1(z: f32, h: f32) -> f32 {
+    let s0 = sigmoid(z);
+    switch ACT {
+        case 0u: { // f′ = σ(1 + x(1 − σ))
+            let s1 = sigmoid(z + h);
+            let ds = dsig(z, h);
+            return ds + h * s1 * (1.0 - s1) + z * ds * (1.0 - s1 - s0);
+        }
+        case 1u: { // f′ = 1 − t², Δf′ = −Δt·(t₁ + t₀)
+            let t0 = tanh(z);
+            let t1 = tanh(z + h);
+            return -2.0 * dsig(2.0 * z, 2.0 * h) * (t1 + t0);
+        }
+        case 2u: { // f′ = σ(1 − σ)
+            let s1 = sigmoid(z + h);
+            return dsig(z, h) * (1.0 - s1 - s0);
+        }
+        default: { return dsig(z, h); } // softplus′ = σ
+    }
+}

@@ -1,0 +1,280 @@
+// The per-sample kernels of the fused step (one invocation per sample, a loop over the D
+// columns), the cross-sample sums, the parameter update and the power iteration. Entry
+// points in the order a step runs them; src/fused/mod.rs has the whole list.
+
+override ROWS_WG: u32 = 64u;
+// io streams (B × D) and per-sample scalars (B)
+override O_X0: u32 = 0u;   // x₀ (left factor of W₁'s gradient: [x₀; Q₀; R₀])
+override O_X0L: u32 = 0u;  // x₀ again (right factor of W_L's gradient: [P_L; x₀; Δx])
+override O_NZ: u32 = 0u;   // standard-normal draw z
+override O_G: u32 = 0u;    // g = ∇ₓE(x₀)
+override O_PSI: u32 = 0u;  // ψ(x₀)
+override O_DPSI: u32 = 0u; // ψ(x₁) − ψ(x₀)
+override O_DG: u32 = 0u;   // ∇ₓE(x₁) − g
+override O_XI: u32 = 0u;   // ξ = √(2εᵢ)·z
+override O_DX: u32 = 0u;   // Δx = x₁ − x₀
+override O_DXL: u32 = 0u;  // Δx again (in [P_L; x₀; Δx])
+override O_V: u32 = 0u;    // v, the cotangent of g
+override O_Q0: u32 = 0u;
+override O_R0: u32 = 0u;
+override O_PL: u32 = 0u;
+override O_EPS: u32 = 0u;  // εᵢ
+override O_E0: u32 = 0u;
+override O_E1: u32 = 0u;
+override O_LOSS: u32 = 0u; // per-sample −ediff/εᵢ
+override O_C0: u32 = 0u;   // weight of ∂θE(x₀) in the loss gradient
+override O_C1: u32 = 0u;   // weight of ∂θE(x₁)
+override O_DOTS: u32 = 0u; // per SN layer and sample: ⟨∂W̃ contribution, W⟩/σ
+override O_OUT: u32 = 0u;  // [loss, mean E₀, mean E₁, mean acceptance]
+// the layer table in sn, META_STRIDE words per layer (see src/fused/plan.rs)
+override META: u32 = 0u;
+override NL: u32 = 1u;     // layers
+override NSN: u32 = 0u;    // spectrally normalised layers (the hidden layers 1..NSN)
+override PART: u32 = 0u;
+override CHUNKS: u32 = 1u;
+override THETA_LEN: u32 = 0u;
+override O_GRAD: u32 = 0u;
+override OPT: u32 = 0u;    // optimiser rule code (optim_lib.wgsl)
+override ITERATE: bool = true; // power iteration (training) or the stored u as is
+const META_STRIDE: u32 = 16u;
+
+fn layer_info(l: u32, field: u32) -> u32 { return bitcast<u32>(sn[META + (l - 1u) * META_STRIDE + field]); }
+
+fn rows() -> u32 { return st.rows; }
+
+// Minibatch rows (a Philox draw, or rows row0.. of the data) and the noise draw.
+@compute @workgroup_size(ROWS_WG)
+fn rows_input(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= B) { return; }
+    let live = i < rows();
+    var r = 0u;
+    if (GIVEN_ROWS) { r = st.row0 + i; } else { r = philox_index(i, st.idx_words, st.data_rows); }
+    for (var c = 0u; c < D; c++) {
+        var x = 0.0;
+        var z = 0.0;
+        if (live) {
+            x = data[r * D + c];
+            if (GIVEN_NOISE) { z = given[r * D + c]; } else { z = philox_normal(i * D + c, st.noise_words); }
+        }
+        ws[O_X0 + i * D + c] = x;
+        ws[O_X0L + i * D + c] = x;
+        ws[O_NZ + i * D + c] = z;
+    }
+}
+
+// After g: the per-sample step, the noise ξ and the move Δx (SPEC §2 steps 2–4), and E(x₀).
+@compute @workgroup_size(ROWS_WG)
+fn rows_step(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= B) { return; }
+    var g2 = 0.0;
+    var e0 = 0.0;
+    for (var c = 0u; c < D; c++) {
+        let g = ws[O_G + i * D + c];
+        g2 += g * g;
+        e0 += ws[O_X0 + i * D + c] * ws[O_PSI + i * D + c];
+    }
+    var eps = EPS0;
+    if (RESCALE) { eps = EPS0 * (1.0 / max(1.0, g2)); }
+    let root = sqrt(2.0 * eps);
+    for (var c = 0u; c < D; c++) {
+        let xi = ws[O_NZ + i * D + c] * root;
+        let dx = xi - ws[O_G + i * D + c] * (0.5 * eps);
+        ws[O_XI + i * D + c] = xi;
+        ws[O_DX + i * D + c] = dx;
+        ws[O_DXL + i * D + c] = dx;
+    }
+    ws[O_EPS + i] = eps;
+    ws[O_E0 + i] = e0;
+}
+
+// After Δψ: E(x₁) − E(x₀) = Δx·ψ(x₁) + x₀·Δψ, the control variate, the per-sample loss
+// −ediff/εᵢ (SPEC §2 steps 5–6), and the weights c₀, c₁ of ∂θE(x₀), ∂θE(x₁) in ∂θloss.
+@compute @workgroup_size(ROWS_WG)
+fn rows_diff(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= B) { return; }
+    var de = 0.0;
+    var cv = 0.0;
+    for (var c = 0u; c < D; c++) {
+        let e = i * D + c;
+        let dpsi = ws[O_DPSI + e];
+        de += ws[O_DX + e] * (ws[O_PSI + e] + dpsi) + ws[O_X0 + e] * dpsi;
+        cv += ws[O_G + e] * ws[O_XI + e];
+    }
+    let eps = ws[O_EPS + i];
+    let e0 = ws[O_E0 + i];
+    let e1 = e0 + de;
+    let ediff = select(de, de - cv, CV);
+    let live = select(0.0, 1.0, i < rows());
+    let inv_b = 1.0 / f32(rows());
+    ws[O_E1 + i] = e1;
+    ws[O_LOSS + i] = -ediff / eps * live;
+    ws[O_C1 + i] = (-1.0 / eps + 2.0 * REG * e1) * inv_b * live;
+    ws[O_C0 + i] = (1.0 / eps + 2.0 * REG * e0) * inv_b * live;
+}
+
+// After Δg: v, the cotangent of g (through x₁ and the control variate), and the io factors
+// of the gradient sums: Q₀ = c₁Δx + v, R₀ = c₁Δx, P_L = c₁Δx + (c₁ + c₀)x₀ + v.
+@compute @workgroup_size(ROWS_WG)
+fn rows_adj(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= B) { return; }
+    let eps = ws[O_EPS + i];
+    let c0 = ws[O_C0 + i];
+    let c1 = ws[O_C1 + i];
+    let live = select(0.0, 1.0, i < rows());
+    let cv_w = select(0.0, live / (f32(rows()) * eps), CV);
+    for (var c = 0u; c < D; c++) {
+        let e = i * D + c;
+        let g1 = ws[O_G + e] + ws[O_DG + e];
+        let v = -0.5 * eps * c1 * g1 + cv_w * ws[O_XI + e];
+        let c1dx = c1 * ws[O_DX + e];
+        ws[O_V + e] = v;
+        ws[O_Q0 + e] = c1dx + v;
+        ws[O_R0 + e] = c1dx;
+        ws[O_PL + e] = c1dx + (c1 + c0) * ws[O_X0 + e] + v;
+    }
+}
+
+// Per sample and spectrally normalised layer m: ⟨its ∂W̃_m terms, W_m⟩/σ_m =
+// (z−b)·P + (c₁Δz + ż)·δz + c₁Δz·Δδz (each left factor times W is a known stream), so that
+// the gradient through σ needs no pass over ∂W̃.
+@compute @workgroup_size(ROWS_WG)
+fn rows_dots(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= B) { return; }
+    let c1 = ws[O_C1 + i];
+    for (var m = 1u; m <= NSN; m++) {
+        let n = layer_info(m, 1u);
+        let bias = layer_info(m, 3u);
+        let oz = layer_info(m, 8u);
+        let op = layer_info(m, 9u);
+        let odz = layer_info(m, 10u);
+        let ozd = layer_info(m, 11u);
+        let otz = layer_info(m, 12u);
+        let oddz = layer_info(m, 13u);
+        var s = 0.0;
+        for (var j = 0u; j < n; j++) {
+            let e = i * n + j;
+            let c1zd = c1 * ws[ozd + e];
+            s += (ws[oz + e] - theta[bias + j]) * ws[op + e]
+                + (c1zd + ws[otz + e]) * ws[odz + e]
+                + c1zd * ws[oddz + e];
+        }
+        ws[O_DOTS + (m - 1u) * B + i] = s;
+    }
+}
+
+// Σ over samples in blocks of 64 (error O(64 + B/64) ulp instead of O(B)).
+fn blocked_sum(base: u32, n: u32, square: bool) -> f32 {
+    var total = 0.0;
+    for (var b0 = 0u; b0 < n; b0 += 64u) {
+        var s = 0.0;
+        for (var i = b0; i < min(n, b0 + 64u); i++) {
+            let x = ws[base + i];
+            s += select(x, x * x, square);
+        }
+        total += s;
+    }
+    return total;
+}
+
+// Thread 0: the loss (mean + regulariser) and the mean energies; thread m: ⟨∂W̃_m, W_m⟩.
+@compute @workgroup_size(64)
+fn sums(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let q = gid.x;
+    let n = rows();
+    if (q == 0u) {
+        let mean = blocked_sum(O_LOSS, n, false) / f32(n);
+        var reg = 0.0;
+        if (REG > 0.0) { reg = REG * (blocked_sum(O_E1, n, true) + blocked_sum(O_E0, n, true)) / f32(n); }
+        ws[O_OUT] = mean + reg;
+        ws[O_OUT + 1u] = blocked_sum(O_E0, n, false) / f32(n);
+        ws[O_OUT + 2u] = blocked_sum(O_E1, n, false) / f32(n);
+    } else if (q <= NSN) {
+        let sigma = sn[layer_info(q, 4u)];
+        sn[layer_info(q, 7u)] = sigma * blocked_sum(O_DOTS + (q - 1u) * B, B, false);
+    }
+}
+
+// One invocation per entry of theta: add up the chunks of the gradient, apply the chain rule
+// through σ (∂W = ∂W̃/σ − ⟨∂W̃, W⟩/σ²·vᵀu, SPEC §7), keep the gradient, step the optimiser.
+@compute @workgroup_size(256)
+fn update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.y * nwg.x * 256u + gid.x;
+    if (e >= THETA_LEN) { return; }
+    var layer = 0u;
+    var weight = false;
+    for (var l = 1u; l <= NL; l++) {
+        let size = layer_info(l, 0u) * layer_info(l, 1u);
+        if (e >= layer_info(l, 2u) && e < layer_info(l, 2u) + size) { layer = l; weight = true; }
+        if (e >= layer_info(l, 3u) && e < layer_info(l, 3u) + layer_info(l, 1u)) { layer = l; }
+    }
+    if (layer == 0u) { return; } // alignment padding
+    var g = 0.0;
+    for (var c = 0u; c < CHUNKS; c++) { g += ws[PART + c * THETA_LEN + e]; }
+    let slot = layer_info(layer, 4u);
+    if (weight && slot != NONE) {
+        let fo = layer_info(layer, 1u);
+        let k = e - layer_info(layer, 2u);
+        let s = 1.0 / sn[slot];
+        let vu = sn[layer_info(layer, 6u) + k / fo] * sn[layer_info(layer, 5u) + k % fo];
+        g = g * s - sn[layer_info(layer, 7u)] * s * s * vu;
+    }
+    ws[O_GRAD + e] = g;
+    if (st.train == 1u) {
+        let r = opt_step(OPT, g, theta[e], s1[e], s2[e], vec4<f32>(st.lr, st.rho, st.opt_eps, st.f3), st.bc1, st.bc2);
+        theta[e] = r.x;
+        s1[e] = r.y;
+        s2[e] = r.z;
+    }
+}
+
+// Spectral norm (SPEC §7), one workgroup per normalised layer: v = normalize(u·Wᵀ); with
+// ITERATE u ← normalize(v·W); σ = (v·W)·u. Layer table fields: 0 fan_in, 1 fan_out,
+// 2 W offset, 4 σ slot, 5 u, 6 v, 14 scratch (fan_in + fan_out words).
+@compute @workgroup_size(64)
+fn power_iteration(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let l = wid.x + 1u;
+    let fi = layer_info(l, 0u);
+    let fo = layer_info(l, 1u);
+    let w = layer_info(l, 2u);
+    let ou = layer_info(l, 5u);
+    let ov = layer_info(l, 6u);
+    let tv = layer_info(l, 14u);
+    let tu = tv + fi;
+    for (var a = t; a < fi; a += 64u) {
+        var s = 0.0;
+        for (var b = 0u; b < fo; b++) { s += theta[w + a * fo + b] * sn[ou + b]; }
+        sn[tv + a] = s;
+    }
+    storageBarrier();
+    var nv = 0.0;
+    for (var a = 0u; a < fi; a++) { nv += sn[tv + a] * sn[tv + a]; }
+    nv = sqrt(nv + 1e-24);
+    for (var b = t; b < fo; b += 64u) {
+        var s = 0.0;
+        for (var a = 0u; a < fi; a++) { s += (sn[tv + a] / nv) * theta[w + a * fo + b]; }
+        sn[tu + b] = s;
+    }
+    storageBarrier();
+    var nu = 1.0;
+    if (ITERATE) {
+        nu = 0.0;
+        for (var b = 0u; b < fo; b++) { nu += sn[tu + b] * sn[tu + b]; }
+        nu = sqrt(nu + 1e-24);
+    }
+    var sigma = 0.0;
+    for (var b = 0u; b < fo; b++) {
+        let u = select(sn[ou + b], sn[tu + b] / nu, ITERATE);
+        sigma += sn[tu + b] * u;
+    }
+    storageBarrier();
+    for (var a = t; a < fi; a += 64u) { sn[ov + a] = sn[tv + a] / nv; }
+    if (ITERATE) {
+        for (var b = t; b < fo; b += 64u) { sn[ou + b] = sn[tu + b] / nu; }
+    }
+    if (t == 0u) { sn[layer_info(l, 4u)] = sigma; }
+}

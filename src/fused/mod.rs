@@ -1,0 +1,508 @@
+//! The fused MVL step: loss and parameter gradient of the Langevin MVL objective (SPEC §2)
+//! for the score-net energy E(x) = ⟨x, ψ(x)⟩, ψ an MLP, in a fixed list of kernels instead of
+//! a tape — about 6L + 2(L−1) + 7 launches for L layers, with pipelines and bind groups made
+//! once, and the optimiser step included.
+//!
+//! # The computation, per sample
+//!
+//! Hidden layers l < L: z_l = a_{l−1}·W̃_l + b_l, a_l = f(z_l); ψ = z_L; a₀ = x; W̃ = W/σ on
+//! spectrally normalised layers. Training needs ∂θ of the loss through E(x₁), E(x₀), g = ∇ₓE(x₀)
+//! inside x₁ and inside the control variate. Reverse mode over that graph gives, per sample,
+//!
+//!   ∂θloss = c₁·∂θE|ₓ₁ + c₀·∂θE|ₓ₀ + ∂θ(g·v),
+//!   c₁ = (−1/εᵢ + 2cE₁)/B,  c₀ = (1/εᵢ + 2cE₀)/B,  v = −(εᵢ/2)c₁·∇E(x₁) + [cv]·ξ/(Bεᵢ),
+//!
+//! (c the energy regulariser). ∂θ(g·v) is the reverse of the backward pass that made g: its
+//! adjoints are the forward tangents along v (ż, ȧ) plus f″ terms (ρ).
+//!
+//! # Precision (SPEC §2, "Precision")
+//!
+//! E(x₁) − E(x₀) is O(√ε) and ediff O(ε), so the step never forms E(x₁) or ∇E(x₁) and
+//! subtracts: it propagates the differences Δz = Δa·W̃, Δa = f(z+Δz) − f(z) (computed without
+//! cancellation, `dact` in `shaders/fused/prelude.wgsl`), Δψ, and likewise Δ(δz) for the input
+//! gradient. The parameter gradient is regrouped the same way, so that every outer product
+//! has O(1) factors and the O(1/√ε) terms cancel per sample, in registers, before any sum:
+//!
+//!   ∂W̃_l = Σᵢ a₀ᵀP + Qᵀδz + RᵀΔδz,   ∂b_l = Σᵢ P,
+//!   P = c₁Δδz + (c₁+c₀)δz + ρ,  Q = c₁Δa + ȧ,  R = c₁Δa   (factors of layers l−1 and l),
+//!
+//! a single product [a₀; Q; R]ᵀ·[P; δz; Δδz] over 3B rows, summed in chunks of rows. The
+//! gradient through σ needs ⟨∂W̃, W⟩, which is a per-sample dot of known streams (each left
+//! factor times W is σ(z − b), σ(c₁Δz + ż) or σc₁Δz).
+//!
+//! # The kernels of one step (shaders/fused/)
+//!
+//! | kernel            | computes                                                       |
+//! |-------------------|----------------------------------------------------------------|
+//! | power_iteration   | v, u, σ of every normalised layer (SPEC §7)                     |
+//! | rows_input        | minibatch rows x₀ (Philox draw or given rows), noise z          |
+//! | forward l = 1..L  | z_l, a_l; ψ                                                     |
+//! | backward l = L..1 | δa, δz (cotangent x₀ on ψ); g = ψ + δa₀                         |
+//! | rows_step         | εᵢ, ξ = √(2εᵢ)z, Δx = −(εᵢ/2)g + ξ, E₀                          |
+//! | diff_forward      | Δz_l, Δa_l; Δψ                                                  |
+//! | rows_diff         | E₁ − E₀ = Δx·ψ(x₁) + x₀·Δψ, ediff, per-sample loss, c₀, c₁       |
+//! | diff_backward     | Δδz_l; Δg                                                       |
+//! | rows_adj          | v, and the io factors Q₀, R₀, P_L                               |
+//! | tangent l < L     | ż_l, ȧ_l, Q_l, R_l                                              |
+//! | adjoint l = L..2  | ρ_{l−1}, P_{l−1}                                                |
+//! | rows_dots         | per-sample ⟨∂W̃, W⟩/σ terms (spectral norm only)                 |
+//! | sums              | loss (mean + regulariser), ⟨∂W̃, W⟩ per normalised layer         |
+//! | grad l = 1..L     | the gradient sums, in chunks of rows                            |
+//! | update            | chunks added, chain rule through σ, gradient kept, optimiser     |
+//!
+//! The tape path (`objective::estimate`) computes the same loss and gradient; the tests hold
+//! both to each other and to the f64 reference.
+
+mod plan;
+
+pub use plan::Plan;
+use plan::{Source, Specialise};
+
+use std::sync::Arc;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::gpu::{CustomBindings, CustomKernel, Gpu, Tensor};
+use crate::model::{EnergyKind, Model};
+use crate::objective::{self, Objective};
+use crate::ops::Fun;
+use crate::optim::Optimizer;
+use crate::rng::words;
+
+/// Why `objective` with `cfg` on a model of `arch` cannot run fused (None: it can).
+pub fn unsupported(
+    arch: &crate::model::Arch,
+    objective: Objective,
+    cfg: &objective::Config,
+) -> Option<String> {
+    if objective != Objective::Mvl {
+        return Some(format!(
+            "the fused path implements the mvl objective, not {}",
+            objective.name()
+        ));
+    }
+    if arch.kind != EnergyKind::ScoreNet {
+        return Some("the fused path implements the score-net energy ⟨x, ψ(x)⟩ only".into());
+    }
+    if !matches!(
+        arch.act,
+        Fun::Swish | Fun::Tanh | Fun::Sigmoid | Fun::Softplus
+    ) {
+        return Some(format!(
+            "the fused path supports swish, tanh, sigmoid and softplus activations, not {}",
+            crate::model::act_name(arch.act)
+        ));
+    }
+    if arch.hidden.is_empty() {
+        return Some("the fused path needs at least one hidden layer".into());
+    }
+    if cfg.mh_diagnostic {
+        return Some("the Metropolis–Hastings diagnostic is computed on the tape path only".into());
+    }
+    None
+}
+
+/// How the minibatch of a step is formed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rows {
+    /// Training: `batch` rows drawn uniformly (Philox, the same draw as the tape path).
+    Drawn,
+    /// Evaluation: consecutive rows of the data, a chunk of at most `batch` per launch.
+    Given,
+}
+
+/// The fused step, built for one model shape, batch size, objective settings and data.
+pub struct FusedMvl<'g> {
+    gpu: &'g Gpu,
+    plan: Plan,
+    kernels: Vec<(Arc<CustomKernel>, [u32; 3])>,
+    bindings: Arc<CustomBindings>,
+    ws: Tensor,
+    sn: Tensor,
+    theta: Tensor,
+    data_rows: usize,
+    rows: Rows,
+}
+
+/// The per-step parameter block (`struct Step` in shaders/fused/prelude.wgsl).
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Step {
+    idx_words: [u32; 4],
+    noise_words: [u32; 4],
+    data_rows: u32,
+    row0: u32,
+    rows: u32,
+    train: u32,
+    opt: [f32; 4],
+    bc: [f32; 2],
+    pad: [f32; 2],
+}
+
+/// Make the model's parameters one packed buffer (W₁, b₁, W₂, … at [`Gpu::packed_layout`]
+/// offsets from element 0), copying them there if they are not; returns the whole buffer.
+fn pack_params(gpu: &Gpu, model: &mut Model<&Gpu>) -> Result<(Tensor, Vec<usize>, usize)> {
+    let params = model.params();
+    let shapes: Vec<(usize, usize)> = params.iter().map(|p| p.shape()).collect();
+    let (offsets, total) = gpu.packed_layout(&shapes);
+    let packed = params
+        .iter()
+        .zip(&offsets)
+        .all(|(p, &at)| p.shares_buffer(&params[0]) && p.offset_elems() == at);
+    let whole = if packed {
+        params[0].view(0, 1, total)?.reshaped(1, total)?
+    } else {
+        let whole = gpu.full(1, total, 0.0)?;
+        let views: Vec<Tensor> = shapes
+            .iter()
+            .zip(&offsets)
+            .map(|(&(r, c), &at)| whole.view(at, r, c))
+            .collect::<Result<_>>()?;
+        for (src, dst) in params.iter().zip(&views) {
+            gpu.copy_into(src, dst)?;
+        }
+        for (l, pair) in views.chunks(2).enumerate() {
+            model.weights[l] = pair[0].clone();
+            model.biases[l] = pair[1].clone();
+        }
+        whole
+    };
+    Ok((whole, offsets, total))
+}
+
+impl<'g> FusedMvl<'g> {
+    /// The training step: minibatches of `batch` rows drawn from `data`, RMSProp/Adam from
+    /// `opt` (whose state must belong to `model`'s parameters). Packs the model's parameters
+    /// into one buffer if they are not already.
+    pub fn for_training(
+        gpu: &'g Gpu,
+        model: &mut Model<&'g Gpu>,
+        cfg: &objective::Config,
+        batch: usize,
+        data: &Tensor,
+        opt: &Optimizer,
+    ) -> Result<FusedMvl<'g>> {
+        Self::build(gpu, model, cfg, batch, data, None, Some(opt), Rows::Drawn)
+    }
+
+    /// The evaluation step: loss and gradient over consecutive rows of `data`, `chunk` rows
+    /// per launch, noise from `noise` (one row per data row) or from Philox draws.
+    pub fn for_evaluation(
+        gpu: &'g Gpu,
+        model: &mut Model<&'g Gpu>,
+        cfg: &objective::Config,
+        chunk: usize,
+        data: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<FusedMvl<'g>> {
+        Self::build(gpu, model, cfg, chunk, data, noise, None, Rows::Given)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        gpu: &'g Gpu,
+        model: &mut Model<&'g Gpu>,
+        cfg: &objective::Config,
+        batch: usize,
+        data: &Tensor,
+        noise: Option<&Tensor>,
+        opt: Option<&Optimizer>,
+        rows: Rows,
+    ) -> Result<FusedMvl<'g>> {
+        let arch = model.arch.clone();
+        if let Some(why) = unsupported(&arch, Objective::Mvl, cfg) {
+            return Err(Error::Invalid(why));
+        }
+        if !(cfg.eps.is_finite() && cfg.eps > 0.0) {
+            return Err(Error::Invalid(format!(
+                "step size eps must be positive, got {}",
+                cfg.eps
+            )));
+        }
+        let (n, d) = data.shape();
+        if d != arch.dim {
+            return Err(Error::Shape(format!(
+                "the model takes {} columns, the data has {d}",
+                arch.dim
+            )));
+        }
+        if n == 0 || batch == 0 {
+            return Err(Error::Invalid(format!("empty batch ({batch} rows of {n})")));
+        }
+        if let Some(z) = noise {
+            if z.shape() != (n, d) {
+                return Err(Error::Shape(format!(
+                    "noise has shape {:?}, the data {:?}",
+                    z.shape(),
+                    (n, d)
+                )));
+            }
+        }
+        let (theta, offsets, total) = pack_params(gpu, model)?;
+        let limits = &gpu.report().limits;
+        let align = (limits.min_storage_buffer_offset_alignment as usize / 4).max(4);
+        let plan = Plan::new(
+            batch,
+            d,
+            &arch.hidden,
+            arch.act,
+            arch.spectral_norm,
+            (&offsets, total),
+            align,
+        )?;
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        if 4 * plan.ws_len as u64 > max_binding {
+            return Err(Error::OutOfMemory(format!(
+                "the fused step needs a {} MiB workspace for batch {batch} and hidden widths {:?}, more than this adapter binds at once ({} MiB); lower the batch size or use --path tape",
+                (4 * plan.ws_len as u64) >> 20,
+                arch.hidden,
+                max_binding >> 20
+            )));
+        }
+        let ws = gpu.scratch(1, plan.ws_len)?;
+        let sn = gpu.full(1, plan.sn_len, 0.0)?;
+        gpu.write(&sn.buf, 0, bytemuck::cast_slice(&plan.meta()))?;
+        let code = opt.map_or(0, |o| o.rule.kernel_args(0.0, 1).0);
+        let spec = Specialise {
+            eps: cfg.eps,
+            rescale: cfg.rescale,
+            control_variate: cfg.control_variate,
+            energy_reg: cfg.energy_reg,
+            given_rows: rows == Rows::Given,
+            given_noise: noise.is_some(),
+            iterate: rows == Rows::Drawn,
+            opt_code: code,
+        };
+        let (s1, s2) = match opt {
+            Some(o) => {
+                let (s1, s2) = o.packed_state();
+                if s1.len() < total || s2.len() < total || o.state().len() != offsets.len() {
+                    return Err(Error::Shape(
+                        "the optimiser does not hold this model's parameters".into(),
+                    ));
+                }
+                (s1.clone(), s2.clone())
+            }
+            None => (gpu.full(1, 1, 0.0)?, gpu.full(1, 1, 0.0)?),
+        };
+        let given = match noise {
+            Some(z) => z.clone(),
+            None => gpu.full(1, 1, 0.0)?,
+        };
+        let layout = gpu.custom_layout(&[true, false, false, false, false, false, true]);
+        let bindings = gpu.custom_bindings(&layout, &[data, &theta, &sn, &ws, &s1, &s2, &given])?;
+        let kernels = compile(gpu, &layout, &plan.kernels(&spec))?;
+        let fused = FusedMvl {
+            gpu,
+            plan,
+            kernels,
+            bindings,
+            ws,
+            sn,
+            theta,
+            data_rows: n,
+            rows,
+        };
+        fused.attach_sn(model)?;
+        Ok(fused)
+    }
+
+    /// The plan (layout and kernel list) this step runs.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Kernel launches per step.
+    pub fn launches_per_step(&self) -> usize {
+        self.kernels.len()
+    }
+
+    /// Make the model's spectral-norm vectors live in the step's buffer (copying them there
+    /// if something replaced them, e.g. a tape step or a restore), so both stay one thing.
+    fn attach_sn(&self, model: &mut Model<&'g Gpu>) -> Result<()> {
+        for (m, slots) in self.plan.sn_slots.iter().enumerate() {
+            let view = self.sn.view(slots.u, 1, self.plan.widths[m + 1])?;
+            let current = model.sn_u[m]
+                .as_ref()
+                .ok_or_else(|| Error::Invalid(format!("layer {m} has no spectral-norm vector")))?;
+            if current.shares_buffer(&view) && current.offset_elems() == view.offset_elems() {
+                continue;
+            }
+            self.gpu.copy_into(current, &view)?;
+            model.sn_u[m] = Some(view);
+        }
+        Ok(())
+    }
+
+    /// Check that the model still holds the parameters this step was built on.
+    fn check_model(&self, model: &Model<&'g Gpu>) -> Result<()> {
+        let params = model.params();
+        let ok = params.len() == 2 * self.plan.layers()
+            && params.iter().enumerate().all(|(i, p)| {
+                let at = if i % 2 == 0 {
+                    self.plan.w_off[i / 2]
+                } else {
+                    self.plan.b_off[i / 2]
+                };
+                p.shares_buffer(&self.theta) && p.offset_elems() == at
+            });
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Invalid(
+                "the model's parameters were replaced after the fused step was built; build it again".into(),
+            ))
+        }
+    }
+
+    fn launch(&self, step: &Step) -> Result<()> {
+        let words: &[u32] = bytemuck::cast_slice(std::slice::from_ref(step));
+        for (k, groups) in &self.kernels {
+            self.gpu.launch_custom(k, &self.bindings, words, *groups)?;
+        }
+        Ok(())
+    }
+
+    /// Record one training step (nothing is waited for): minibatch from draw `rows_draw`,
+    /// noise from draw `noise_draw` (each a Philox (seed, stream)), then the optimiser step.
+    pub fn record_step(
+        &self,
+        model: &mut Model<&'g Gpu>,
+        opt: &mut Optimizer,
+        rows_draw: (u64, u64),
+        noise_draw: (u64, u64),
+    ) -> Result<()> {
+        if self.rows != Rows::Drawn {
+            return Err(Error::Invalid(
+                "this fused step was built for evaluation".into(),
+            ));
+        }
+        self.check_model(model)?;
+        self.attach_sn(model)?;
+        opt.t += 1;
+        let (_, f, bc) = opt.rule.kernel_args(opt.lr, opt.t);
+        self.launch(&Step {
+            idx_words: words(rows_draw.0, rows_draw.1),
+            noise_words: words(noise_draw.0, noise_draw.1),
+            data_rows: self.data_rows as u32,
+            rows: self.plan.b as u32,
+            train: 1,
+            opt: f,
+            bc,
+            ..Default::default()
+        })
+    }
+
+    /// Record the loss and gradient of rows `row0 .. row0 + rows` of the data (rows ≤ the
+    /// chunk size), with noise from the given tensor or from draw `noise_draw`; parameters
+    /// are not changed. Read [`FusedMvl::loss`], [`FusedMvl::per_sample`] and
+    /// [`FusedMvl::grads`] afterwards.
+    pub fn record_eval(
+        &self,
+        model: &mut Model<&'g Gpu>,
+        row0: usize,
+        rows: usize,
+        noise_draw: (u64, u64),
+    ) -> Result<()> {
+        if self.rows != Rows::Given {
+            return Err(Error::Invalid(
+                "this fused step was built for training".into(),
+            ));
+        }
+        if rows == 0 || rows > self.plan.b || row0 + rows > self.data_rows {
+            return Err(Error::Invalid(format!(
+                "rows {row0}..{} of {} in chunks of {}",
+                row0 + rows,
+                self.data_rows,
+                self.plan.b
+            )));
+        }
+        self.check_model(model)?;
+        self.attach_sn(model)?;
+        self.launch(&Step {
+            noise_words: words(noise_draw.0, noise_draw.1),
+            data_rows: self.data_rows as u32,
+            row0: row0 as u32,
+            rows: rows as u32,
+            train: 0,
+            ..Default::default()
+        })
+    }
+
+    /// The loss of the last recorded step (1 × 1): mean per-sample value plus regulariser.
+    pub fn loss(&self) -> Result<Tensor> {
+        self.ws.view(self.plan.io.out, 1, 1)
+    }
+
+    /// The per-sample values −ediff/εᵢ of the last recorded step (its live rows).
+    pub fn per_sample(&self, rows: usize) -> Result<Tensor> {
+        self.ws.view(self.plan.io.loss, rows.min(self.plan.b), 1)
+    }
+
+    /// The parameter gradient of the last recorded step, in [`Model::params`] order.
+    pub fn grads(&self) -> Result<Vec<Tensor>> {
+        let mut out = Vec::new();
+        for l in 1..=self.plan.layers() {
+            let (fi, fo) = (self.plan.widths[l - 1], self.plan.widths[l]);
+            out.push(
+                self.ws
+                    .view(self.plan.grad + self.plan.w_off[l - 1], fi, fo)?,
+            );
+            out.push(
+                self.ws
+                    .view(self.plan.grad + self.plan.b_off[l - 1], 1, fo)?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Build every kernel of a step (one shader module per source file).
+fn compile(
+    gpu: &Gpu,
+    layout: &crate::gpu::CustomLayout,
+    specs: &[plan::KernelSpec],
+) -> Result<Vec<(Arc<CustomKernel>, [u32; 3])>> {
+    let common = concat!(
+        include_str!("../../shaders/functions.wgsl"),
+        include_str!("../../shaders/philox_lib.wgsl"),
+        include_str!("../../shaders/optim_lib.wgsl"),
+        include_str!("../../shaders/fused/prelude.wgsl"),
+    );
+    let core = include_str!("../../shaders/fused/core_direct.wgsl");
+    let mut modules: Vec<(Source, Arc<wgpu::ShaderModule>)> = Vec::new();
+    let mut out = Vec::with_capacity(specs.len());
+    for s in specs {
+        let module = match modules.iter().find(|(src, _)| *src == s.source) {
+            Some((_, m)) => m.clone(),
+            None => {
+                let (file, body) = match s.source {
+                    Source::Forward => (
+                        "layer_forward",
+                        include_str!("../../shaders/fused/layer_forward.wgsl"),
+                    ),
+                    Source::Backward => (
+                        "layer_backward",
+                        include_str!("../../shaders/fused/layer_backward.wgsl"),
+                    ),
+                    Source::Grad => (
+                        "layer_grad",
+                        include_str!("../../shaders/fused/layer_grad.wgsl"),
+                    ),
+                    Source::Rows => ("rows", include_str!("../../shaders/fused/rows.wgsl")),
+                };
+                let core = if s.source == Source::Rows { "" } else { core };
+                let m = gpu.custom_module(file, &format!("{common}\n{body}\n{core}"))?;
+                modules.push((s.source, m.clone()));
+                m
+            }
+        };
+        out.push((
+            gpu.custom_kernel(layout, &module, &s.label, s.entry, &s.constants)?,
+            s.groups,
+        ));
+    }
+    Ok(out)
+}
