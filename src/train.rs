@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::fused::{FusedData, FusedMvl, Path};
 use crate::gpu::{Gpu, Tensor};
 use crate::model::Model;
 use crate::objective::{self, estimate, Energy, Objective};
@@ -34,6 +35,8 @@ pub struct TrainConfig {
     pub patience: usize,
     /// Print progress lines.
     pub verbose: bool,
+    /// Tape or fused kernels (`Auto`: fused wherever the model and objective allow).
+    pub path: Path,
 }
 
 impl Default for TrainConfig {
@@ -51,6 +54,7 @@ impl Default for TrainConfig {
             eval_every: 0,
             patience: 0,
             verbose: true,
+            path: Path::Auto,
         }
     }
 }
@@ -90,8 +94,16 @@ pub struct Trainer<'g> {
     opt: Optimizer,
     data: Tensor,
     heldout: Option<Tensor>,
+    fused: Option<Fused<'g>>,
     rng: Rng,
     pub steps_done: usize,
+}
+
+/// The fused step with the training data (and held-out data) bound to it.
+struct Fused<'g> {
+    step: FusedMvl<'g>,
+    train: FusedData,
+    heldout: Option<FusedData>,
 }
 
 fn copy(gpu: &Gpu, t: &Tensor) -> Result<Tensor> {
@@ -136,7 +148,23 @@ impl<'g> Trainer<'g> {
                 "batch and log_every must be positive".into(),
             ));
         }
+        let mut model = model;
+        // The optimiser's state is packed in the layout of the parameters' shapes, which is
+        // what the fused step (which packs the parameters themselves) expects.
         let opt = Optimizer::new(gpu, cfg.rule, cfg.lr, &model.params())?;
+        let fused = match cfg.path.use_fused(&model.arch, cfg.objective, &cfg.obj)? {
+            true => {
+                let step = FusedMvl::new(gpu, &mut model, &cfg.obj, cfg.batch, Some(&opt))?;
+                let train = step.bind(&data, None)?;
+                let heldout = heldout.as_ref().map(|h| step.bind(h, None)).transpose()?;
+                Some(Fused {
+                    step,
+                    train,
+                    heldout,
+                })
+            }
+            false => None,
+        };
         let rng = Rng::new(cfg.seed);
         Ok(Trainer {
             gpu,
@@ -145,13 +173,33 @@ impl<'g> Trainer<'g> {
             opt,
             data,
             heldout,
+            fused,
             rng,
             steps_done: 0,
         })
     }
 
+    /// Whether steps run on the fused kernels (else on the tape).
+    pub fn is_fused(&self) -> bool {
+        self.fused.is_some()
+    }
+
+    /// Kernel launches per training step (fused path), for reports.
+    pub fn fused_launches_per_step(&self) -> Option<usize> {
+        self.fused.as_ref().map(|f| f.step.launches_per_step())
+    }
+
     /// Record one training step (nothing is waited for); returns the loss tensor (1, 1).
     pub fn record_step(&mut self) -> Result<Tensor> {
+        if let Some(f) = &self.fused {
+            // The same two draws as the tape path: minibatch rows, then noise.
+            let rows = self.rng.next_draw();
+            let noise = self.rng.next_draw();
+            f.step
+                .record_step(&f.train, &mut self.model, &mut self.opt, rows, noise)?;
+            self.steps_done += 1;
+            return f.step.loss();
+        }
         let gpu = self.gpu;
         let (n, d) = self.data.shape();
         let b = self.cfg.batch;
@@ -306,14 +354,24 @@ impl<'g> Trainer<'g> {
         } else {
             Objective::SsmVr
         };
+        let seed = self.cfg.seed ^ 0x5eed;
+        if let Some(Fused {
+            step,
+            heldout: Some(data),
+            ..
+        }) = &self.fused
+        {
+            let v = evaluate_fused(self.gpu, step, data, &mut self.model, seed)?;
+            return Ok(Some(v.0));
+        }
         let v = evaluate(
             self.gpu,
             &mut self.model,
             &h,
             obj,
             &self.cfg.obj,
-            self.cfg.batch.max(256),
-            self.cfg.seed ^ 0x5eed,
+            self.cfg.batch,
+            seed,
         )?;
         Ok(Some(v.0))
     }
@@ -344,6 +402,31 @@ pub fn evaluate<'g>(
         let est = estimate(objective, cfg, &bound, xb, Some(z))?;
         pending.push(est.per_sample.value());
     }
+    for t in pending {
+        values.extend(gpu.read(&t)?.into_iter().map(|v| v as f64));
+    }
+    Ok(mean_se(&values))
+}
+
+/// [`evaluate`] for MVL on the fused kernels: chunks of the step's batch size, noise from
+/// seed `seed` (streams 1, 2, … per chunk), the same draws as the tape version.
+pub fn evaluate_fused<'g>(
+    gpu: &'g Gpu,
+    step: &FusedMvl<'g>,
+    data: &FusedData,
+    model: &mut Model<&'g Gpu>,
+    seed: u64,
+) -> Result<(f64, f64)> {
+    let n = data.rows();
+    let chunk = step.plan().b;
+    let mut pending = Vec::new();
+    for (c, start) in (0..n).step_by(chunk).enumerate() {
+        let rows = chunk.min(n - start);
+        step.record_eval(data, model, start, rows, (seed, c as u64 + 1))?;
+        // The step's outputs are overwritten by the next chunk: keep a copy.
+        pending.push(gpu.affine(&step.per_sample(rows)?, 1.0, 0.0)?);
+    }
+    let mut values = Vec::with_capacity(n);
     for t in pending {
         values.extend(gpu.read(&t)?.into_iter().map(|v| v as f64));
     }

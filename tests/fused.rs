@@ -1,4 +1,13 @@
-//! The fused MVL step (`wmvl::fused`) against the tape path and the f64 reference.
+//! The fused MVL step (`wmvl::fused`) against the f64 reference (the tape on the CPU), the
+//! tape on the GPU, and itself (chunking, noise sources, both matmul cores).
+//!
+//! Tolerances. The fused step computes E(x₁) − E(x₀) and the gradient's cancelling terms as
+//! propagated differences, so its error relative to the f64 reference stays at the f32
+//! level of the per-sample terms: measured 1e-6 (gradient) at ε₀ = 1e-2…1e-5; we allow
+//! 2e-5. The tape path subtracts two energies, so its error grows like 1/ε₀ (3e-5 at
+//! ε₀ = 1e-2, 5e-4 at 1e-3, 3–15 % at 1e-5 — SPEC §2, "Precision"): fused and tape are held
+//! to each other at 1e-4 where the tape can meet that (ε₀ = 1e-2), and to the sum of their
+//! own errors otherwise.
 
 use std::sync::OnceLock;
 
@@ -7,17 +16,32 @@ use rand_pcg::Pcg64;
 
 use wmvl::backend::Backend;
 use wmvl::cpu::{Cpu, Mat};
-use wmvl::fused::FusedMvl;
-use wmvl::gpu::Gpu;
+use wmvl::data::Toy;
+use wmvl::fused::{FusedMvl, Path};
+use wmvl::gpu::{Gpu, Tensor};
 use wmvl::model::{Arch, EnergyKind, HostParams, Init, Model};
 use wmvl::objective::{estimate, Config, Objective};
 use wmvl::ops::Fun;
+use wmvl::optim::Rule;
+use wmvl::rng::{reference_draw, Dist};
 use wmvl::tape::Tape;
-use wmvl::Result;
+use wmvl::train::{TrainConfig, Trainer};
+use wmvl::{Error, Result};
 
+/// The default device (on lavapipe: the subgroup matmul core).
 fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| Gpu::new().unwrap_or_else(|e| panic!("cannot open a GPU adapter: {e}")))
+}
+
+/// A device whose fused kernels use the direct (barrier-free, subgroup-free) core.
+fn gpu_direct() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| {
+        Gpu::new()
+            .unwrap_or_else(|e| panic!("cannot open a GPU adapter: {e}"))
+            .without_subgroup_core()
+    })
 }
 
 /// A random problem: model parameters, data rows and a standard-normal noise draw.
@@ -35,15 +59,7 @@ fn normal(r: &mut Pcg64) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
-fn problem(
-    seed: u64,
-    d: usize,
-    hidden: &[usize],
-    act: Fun,
-    sn: bool,
-    n: usize,
-    scale: f64,
-) -> Problem {
+fn problem(seed: u64, d: usize, hidden: &[usize], act: Fun, sn: bool, n: usize) -> Problem {
     let arch = Arch {
         kind: EnergyKind::ScoreNet,
         dim: d,
@@ -52,13 +68,8 @@ fn problem(
         spectral_norm: sn,
     };
     let mut hp = HostParams::init(&arch, Init::Torch, seed).unwrap();
-    // Non-zero biases everywhere and weights of either scale, so every term matters.
+    // Non-zero biases everywhere, so that every term of the gradient matters.
     let mut r = Pcg64::seed_from_u64(seed ^ 0xabc);
-    for (_, _, w) in hp.weights.iter_mut() {
-        for v in w.iter_mut() {
-            *v = (*v as f64 * scale) as f32;
-        }
-    }
     for (_, _, b) in hp.biases.iter_mut() {
         for v in b.iter_mut() {
             *v = (0.3 * normal(&mut r)) as f32;
@@ -69,17 +80,27 @@ fn problem(
     Problem { arch, hp, x, z, n }
 }
 
-/// (loss, per-sample values, flattened gradient) of MVL on the whole problem in one batch.
+fn cfg(eps: f32, control_variate: bool, rescale: bool, energy_reg: f32) -> Config {
+    Config {
+        eps,
+        control_variate,
+        rescale,
+        energy_reg,
+        mh_diagnostic: false,
+    }
+}
+
+/// Loss, per-sample values and flattened parameter gradient of MVL on a whole problem.
 struct Out {
     loss: f64,
     per_sample: Vec<f64>,
     grad: Vec<f64>,
 }
 
-fn tape_on<B: Backend + wmvl::backend::RandomFill + Copy>(
+fn tape_on<B: Backend + Copy>(
     dev: B,
     p: &Problem,
-    cfg: &Config,
+    c: &Config,
     put: impl Fn(usize, usize, &[f32]) -> Result<B::Tensor>,
     get: impl Fn(&B::Tensor) -> Result<Vec<f64>>,
 ) -> Result<Out> {
@@ -89,7 +110,7 @@ fn tape_on<B: Backend + wmvl::backend::RandomFill + Copy>(
     let d = p.arch.dim;
     let x0 = tape.leaf(put(p.n, d, &p.x)?);
     let z = tape.leaf(put(p.n, d, &p.z)?);
-    let est = estimate(Objective::Mvl, cfg, &bound, x0, Some(z))?;
+    let est = estimate(Objective::Mvl, c, &bound, x0, Some(z))?;
     let grads = tape.grad(est.loss, &bound.leaves, false)?;
     let mut grad = Vec::new();
     for g in grads {
@@ -102,47 +123,67 @@ fn tape_on<B: Backend + wmvl::backend::RandomFill + Copy>(
     })
 }
 
-fn reference(p: &Problem, cfg: &Config) -> Out {
-    tape_on(Cpu, p, cfg, Mat::from_f32, |m: &Mat| Ok(m.data.clone())).unwrap()
+/// The f64 reference: the tape on the CPU.
+fn reference(p: &Problem, c: &Config) -> Out {
+    tape_on(Cpu, p, c, Mat::from_f32, |m: &Mat| Ok(m.data.clone())).unwrap()
 }
 
-fn tape_gpu(p: &Problem, cfg: &Config) -> Out {
+fn read(g: &Gpu, t: &Tensor) -> Vec<f64> {
+    g.read(t).unwrap().into_iter().map(f64::from).collect()
+}
+
+fn tape_gpu(p: &Problem, c: &Config) -> Out {
     let g = gpu();
     tape_on(
         g,
         p,
-        cfg,
-        |r, c, d| g.upload(r, c, d),
-        |t| Ok(g.read(t)?.into_iter().map(f64::from).collect()),
+        c,
+        |r, cols, d| g.upload(r, cols, d),
+        |t| Ok(read(g, t)),
     )
     .unwrap()
 }
 
-fn fused(p: &Problem, cfg: &Config, chunk: usize) -> Out {
-    let g = gpu();
+/// The fused evaluation of a problem in chunks of `chunk` rows (loss and gradient weighted
+/// by rows as `wmvl eval` does), with the problem's noise.
+fn fused_on(g: &Gpu, p: &Problem, c: &Config, chunk: usize) -> Out {
     let mut model =
-        Model::<&Gpu>::from_host(p.arch.clone(), &p.hp, |r, c, d| g.upload(r, c, d)).unwrap();
+        Model::<&Gpu>::from_host(p.arch.clone(), &p.hp, |r, cols, d| g.upload(r, cols, d)).unwrap();
     let d = p.arch.dim;
     let x = g.upload(p.n, d, &p.x).unwrap();
     let z = g.upload(p.n, d, &p.z).unwrap();
-    assert!(chunk >= p.n, "one chunk");
-    let f = FusedMvl::for_evaluation(g, &mut model, cfg, chunk, &x, Some(&z)).unwrap();
-    f.record_eval(&mut model, 0, p.n, (0, 0)).unwrap();
-    let read = |t: &wmvl::gpu::Tensor| -> Vec<f64> {
-        g.read(t).unwrap().into_iter().map(f64::from).collect()
+    let f = FusedMvl::new(g, &mut model, c, chunk, None).unwrap();
+    let data = f.bind(&x, Some(&z)).unwrap();
+    let mut out = Out {
+        loss: 0.0,
+        per_sample: Vec::new(),
+        grad: Vec::new(),
     };
-    let mut grad = Vec::new();
-    for t in f.grads().unwrap() {
-        grad.extend(read(&t));
+    for start in (0..p.n).step_by(chunk) {
+        let rows = chunk.min(p.n - start);
+        let w = rows as f64 / p.n as f64;
+        f.record_eval(&data, &mut model, start, rows, (0, 0))
+            .unwrap();
+        out.loss += w * read(g, &f.loss().unwrap())[0];
+        out.per_sample.extend(read(g, &f.per_sample(rows).unwrap()));
+        let grad: Vec<f64> = f.grads().unwrap().iter().flat_map(|t| read(g, t)).collect();
+        if out.grad.is_empty() {
+            out.grad = vec![0.0; grad.len()];
+        }
+        for (a, v) in out.grad.iter_mut().zip(grad) {
+            *a += w * v;
+        }
     }
-    Out {
-        loss: read(&f.loss().unwrap())[0],
-        per_sample: read(&f.per_sample(p.n).unwrap()),
-        grad,
-    }
+    out
 }
 
+fn fused(p: &Problem, c: &Config) -> Out {
+    fused_on(gpu(), p, c, p.n)
+}
+
+/// ‖a − b‖ / ‖b‖.
 fn rel(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
     let num: f64 = a
         .iter()
         .zip(b)
@@ -153,27 +194,356 @@ fn rel(a: &[f64], b: &[f64]) -> f64 {
     num / den.max(1e-30)
 }
 
+fn rel1(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-30)
+}
+
+/// Errors of `out` against `r`: (loss, per-sample, gradient).
+fn errors(out: &Out, r: &Out) -> (f64, f64, f64) {
+    (
+        rel1(out.loss, r.loss),
+        rel(&out.per_sample, &r.per_sample),
+        rel(&out.grad, &r.grad),
+    )
+}
+
+/// The cases: every activation, spectral norm on and off, 1–3 hidden layers of awkward
+/// widths (narrow ones use the direct core, wide ones the subgroup core), batch sizes that
+/// are not multiples of anything, every switch of SPEC §2 and the regulariser.
+fn cases() -> Vec<(&'static str, Problem, Config)> {
+    vec![
+        (
+            "swish sn, rescale + cv",
+            problem(1, 2, &[16, 12], Fun::Swish, true, 37),
+            cfg(1e-2, true, true, 0.0),
+        ),
+        (
+            "tanh, no rescale, regulariser",
+            problem(2, 3, &[20], Fun::Tanh, false, 50),
+            cfg(1e-2, true, false, 1e-2),
+        ),
+        (
+            "sigmoid sn, three layers, no control variate",
+            problem(3, 1, &[9, 17, 5], Fun::Sigmoid, true, 19),
+            cfg(1e-1, false, true, 0.0),
+        ),
+        (
+            "softplus, d = 8",
+            problem(4, 8, &[33, 10], Fun::Softplus, false, 64),
+            cfg(1e-2, true, true, 1e-3),
+        ),
+    ]
+}
+
+/// SPEC §2 on random networks: the fused loss, per-sample values and gradient equal the f64
+/// reference to f32 accuracy and the tape to 1e-4.
 #[test]
-fn fused_matches_reference_smoke() {
-    for (act, sn) in [(Fun::Swish, true), (Fun::Tanh, false)] {
-        let p = problem(1, 2, &[16, 12], act, sn, 37, 1.0);
-        let cfg = Config {
-            eps: 1e-2,
-            ..Config::default()
-        };
-        let r = reference(&p, &cfg);
-        let t = tape_gpu(&p, &cfg);
-        let f = fused(&p, &cfg, 40);
+fn fused_matches_reference_and_tape() {
+    for (name, p, c) in cases() {
+        let r = reference(&p, &c);
+        let t = tape_gpu(&p, &c);
+        let f = fused(&p, &c);
+        let (fl, fs, fg) = errors(&f, &r);
+        let (tl, ts, tg) = errors(&t, &r);
         println!(
-            "{act:?} sn={sn}: loss ref {:.6} tape {:.6} fused {:.6}; per-sample tape {:.2e} fused {:.2e}; grad tape {:.2e} fused {:.2e}",
-            r.loss,
-            t.loss,
-            f.loss,
-            rel(&t.per_sample, &r.per_sample),
-            rel(&f.per_sample, &r.per_sample),
-            rel(&t.grad, &r.grad),
-            rel(&f.grad, &r.grad)
+            "{name}: vs f64 — fused loss {fl:.1e}, per-sample {fs:.1e}, gradient {fg:.1e}; tape {tl:.1e}, {ts:.1e}, {tg:.1e}"
         );
-        assert!(rel(&f.grad, &r.grad) < 1e-3);
+        assert!(fl < 2e-5 && fs < 2e-5 && fg < 2e-5, "{name}: fused vs f64");
+        assert!(rel1(f.loss, t.loss) < 1e-4, "{name}: loss vs tape");
+        assert!(rel(&f.grad, &t.grad) < 1e-4, "{name}: gradient vs tape");
+        assert!(
+            rel(&f.per_sample, &t.per_sample) < 2e-4,
+            "{name}: per-sample vs tape"
+        );
     }
+}
+
+/// The direct matmul core (what adapters without a fixed subgroup size of 8 run) gives the
+/// same numbers.
+#[test]
+fn direct_core_matches_reference() {
+    for (name, p, c) in cases().into_iter().take(2) {
+        let r = reference(&p, &c);
+        let f = fused_on(gpu_direct(), &p, &c, p.n);
+        let (fl, fs, fg) = errors(&f, &r);
+        println!("{name} (direct core): loss {fl:.1e}, per-sample {fs:.1e}, gradient {fg:.1e}");
+        assert!(fl < 2e-5 && fs < 2e-5 && fg < 2e-5, "{name}");
+    }
+}
+
+/// SPEC §2 "Precision", the target: at ε₀ = 1e-5, on the paper's network (2 × 100,
+/// spectral norm), the loss within 1e-3 and the gradient within 1e-2 of the f64 reference.
+/// The tape, which subtracts the two energies, misses the gradient target (measured 3–4 %):
+/// this test tells the two apart.
+#[test]
+fn energy_difference_is_stable_at_tiny_steps() {
+    for act in [Fun::Swish, Fun::Tanh] {
+        let p = problem(5, 2, &[100, 100], act, act == Fun::Swish, 200);
+        let c = cfg(1e-5, true, true, 0.0);
+        let r = reference(&p, &c);
+        let (fl, _, fg) = errors(&fused(&p, &c), &r);
+        let (tl, _, tg) = errors(&tape_gpu(&p, &c), &r);
+        println!(
+            "{act:?}, eps 1e-5: fused loss {fl:.1e}, gradient {fg:.1e}; tape {tl:.1e}, {tg:.1e}"
+        );
+        assert!(fl < 1e-3, "fused loss error {fl}");
+        assert!(fg < 1e-2, "fused gradient error {fg}");
+        assert!(
+            tg > 1e-2,
+            "the tape met the target too ({tg}): the test no longer discriminates"
+        );
+    }
+}
+
+/// Evaluation in chunks (the last one partial, padded in the kernels) gives the one-chunk
+/// values: padding rows contribute nothing.
+#[test]
+fn chunked_evaluation_equals_one_chunk() {
+    let (_, p, c) = cases().remove(0);
+    let whole = fused(&p, &c);
+    let parts = fused_on(gpu(), &p, &c, 16);
+    let (l, s, g) = errors(&parts, &whole);
+    println!(
+        "chunks of 16 of 37 rows vs one chunk: loss {l:.1e}, per-sample {s:.1e}, gradient {g:.1e}"
+    );
+    assert!(s < 1e-6, "per-sample values depend on the chunking: {s}");
+    assert!(l < 1e-5 && g < 1e-5, "loss {l}, gradient {g}");
+}
+
+/// Noise from the GPU's Philox stream inside the fused kernels is the stream `random` makes
+/// (`rng::reference_draw`): evaluating with the draw equals evaluating with it given.
+#[test]
+fn philox_noise_matches_given_noise() -> Result<()> {
+    let g = gpu();
+    let (_, mut p, c) = cases().remove(0);
+    let d = p.arch.dim;
+    let draw = reference_draw(p.n * d, Dist::STANDARD_NORMAL, 7, 3);
+    p.z = draw.iter().map(|&v| v as f32).collect();
+    let given = fused(&p, &c);
+    let mut model =
+        Model::<&Gpu>::from_host(p.arch.clone(), &p.hp, |r, cols, v| g.upload(r, cols, v))?;
+    let x = g.upload(p.n, d, &p.x)?;
+    let f = FusedMvl::new(g, &mut model, &c, p.n, None)?;
+    let data = f.bind(&x, None)?;
+    f.record_eval(&data, &mut model, 0, p.n, (7, 3))?;
+    let drawn = read(g, &f.per_sample(p.n)?);
+    let e = rel(&drawn, &given.per_sample);
+    println!("Philox noise in the kernels vs the same draw given: {e:.1e}");
+    assert!(e < 1e-5, "{e}");
+    Ok(())
+}
+
+fn banana_trainer<'g>(g: &'g Gpu, path: Path, rule: Rule) -> Result<Trainer<'g>> {
+    banana_trainer_eps(g, path, rule, 1e-3)
+}
+
+fn banana_trainer_eps<'g>(g: &'g Gpu, path: Path, rule: Rule, eps: f32) -> Result<Trainer<'g>> {
+    let arch = Arch {
+        hidden: vec![24, 24],
+        ..Arch::paper(2)
+    };
+    let hp = HostParams::init(&arch, Init::Glorot, 3)?;
+    let model = Model::from_host(arch, &hp, |r, c, d| g.upload(r, c, d))?;
+    let data = Toy::Banana.sample_matrix(1000, 5);
+    let x = g.upload(1000, 2, &data.data)?;
+    let cfg = TrainConfig {
+        obj: Config {
+            eps,
+            ..Config::default()
+        },
+        batch: 64,
+        rule,
+        log_every: 5,
+        verbose: false,
+        path,
+        ..Default::default()
+    };
+    Trainer::new(g, model, x, None, cfg)
+}
+
+fn params(g: &Gpu, model: &Model<&Gpu>) -> Vec<f64> {
+    let mut v: Vec<f64> = model.params().iter().flat_map(|t| read(g, t)).collect();
+    for u in model.sn_u.iter().flatten() {
+        v.extend(read(g, u));
+    }
+    v
+}
+
+/// Training from one seed follows the tape's curve: the same minibatches and noise (the
+/// same Philox draws), the same power iteration and optimiser steps. At ε₀ = 1e-2, where the
+/// tape's own loss error is ~1e-5; the loss is a mean of O(1) terms that nearly cancel, so
+/// its difference is measured against max(|loss|, 0.1). RMSProp as in TensorFlow (the
+/// default) for 20 steps; PyTorch's RMSProp and Adam normalise each coordinate's first
+/// steps to about ±10·lr and ±lr whatever the gradient's size, so coordinates with a
+/// near-zero gradient step in the direction of its f32 round-off and any two f32
+/// implementations separate (a 1e-4 parameter difference by the third step): for those,
+/// the loss and the update of the first two steps.
+#[test]
+fn training_follows_the_tape() -> Result<()> {
+    let g = gpu();
+    for (rule, steps) in [
+        (Rule::RMSPROP_TF, 20),
+        (Rule::RMSPROP_TORCH, 2),
+        (Rule::ADAM, 2),
+    ] {
+        let mut fused = banana_trainer_eps(g, Path::Fused, rule, 1e-2)?;
+        let mut tape = banana_trainer_eps(g, Path::Tape, rule, 1e-2)?;
+        assert!(fused.is_fused() && !tape.is_fused());
+        let mut worst: f64 = 0.0;
+        for _ in 0..steps {
+            let lf = read(g, &fused.record_step()?)[0];
+            let lt = read(g, &tape.record_step()?)[0];
+            worst = worst.max((lf - lt).abs() / lt.abs().max(0.1));
+        }
+        let e = rel(&params(g, &fused.model), &params(g, &tape.model));
+        println!("{rule:?}: {steps} steps, worst loss difference {worst:.1e}, parameters {e:.1e}");
+        assert!(worst < 1e-4, "losses drift apart: {worst}");
+        assert!(e < 1e-4, "parameters drift apart: {e}");
+    }
+    Ok(())
+}
+
+/// The whole step stays on the GPU: a fixed number of launches per step, no allocation and
+/// no bind-group creation after the first step, one submission for many steps.
+#[test]
+fn steps_allocate_nothing_and_launch_a_fixed_list() -> Result<()> {
+    // A device of its own: the counters must not see other tests' work.
+    let g = Gpu::new()?;
+    let mut tr = banana_trainer(&g, Path::Fused, Rule::RMSPROP_TF)?;
+    let per_step = tr.fused_launches_per_step().expect("fused");
+    // L = 3 layers: 6L + 2(L − 1) + 5 launches with spectral norm.
+    assert_eq!(per_step, 6 * 3 + 2 * 2 + 5);
+    tr.record_step()?;
+    g.sync()?;
+    let (bytes, groups) = (g.allocated_bytes(), g.bind_groups_created());
+    for _ in 0..10 {
+        tr.record_step()?;
+    }
+    assert_eq!(
+        g.pending_dispatches(),
+        10 * per_step,
+        "one submission for ten steps"
+    );
+    g.sync()?;
+    assert_eq!(g.allocated_bytes(), bytes, "steps allocate");
+    assert_eq!(g.bind_groups_created(), groups, "steps create bind groups");
+
+    // The tape path caches its bind groups too: none are made after the first steps (the
+    // pool hands out the lowest-numbered free buffer, so each step reuses the same ones).
+    let mut tape = banana_trainer(&g, Path::Tape, Rule::RMSPROP_TF)?;
+    for _ in 0..6 {
+        tape.record_step()?;
+        g.sync()?;
+    }
+    let groups = g.bind_groups_created();
+    for _ in 0..5 {
+        tape.record_step()?;
+        g.sync()?;
+    }
+    assert_eq!(
+        g.bind_groups_created(),
+        groups,
+        "tape steps create bind groups"
+    );
+    Ok(())
+}
+
+/// Evaluation leaves the parameters and spectral-norm vectors alone (SPEC §7: the stored u
+/// as it is); a training step changes both.
+#[test]
+fn evaluation_changes_nothing() -> Result<()> {
+    let g = gpu();
+    let (_, p, c) = cases().remove(0);
+    let mut model =
+        Model::<&Gpu>::from_host(p.arch.clone(), &p.hp, |r, cols, d| g.upload(r, cols, d))?;
+    let x = g.upload(p.n, 2, &p.x)?;
+    let before = params(g, &model);
+    let f = FusedMvl::new(g, &mut model, &c, 16, None)?;
+    let data = f.bind(&x, None)?;
+    f.record_eval(&data, &mut model, 0, 16, (1, 1))?;
+    assert_eq!(params(g, &model), before, "evaluation changed the model");
+
+    let mut tr = banana_trainer(g, Path::Fused, Rule::RMSPROP_TF)?;
+    let (w, u) = (
+        read(g, &tr.model.weights[1]),
+        read(g, tr.model.sn_u[1].as_ref().unwrap()),
+    );
+    tr.record_step()?;
+    assert_ne!(read(g, &tr.model.weights[1]), w, "a training step left W₂");
+    assert_ne!(
+        read(g, tr.model.sn_u[1].as_ref().unwrap()),
+        u,
+        "a training step left u₂"
+    );
+    Ok(())
+}
+
+/// What the fused path does not implement is refused with the reason under `Fused` and runs
+/// on the tape under `Auto`; impossible sizes are refused before any work.
+#[test]
+fn unsupported_and_oversized_are_refused() -> Result<()> {
+    let g = gpu();
+    let data = g.upload(100, 2, &Toy::Banana.sample_matrix(100, 1).data)?;
+    let arch = |act, kind| Arch {
+        kind,
+        dim: 2,
+        hidden: vec![8],
+        act,
+        spectral_norm: false,
+    };
+    let cases = [
+        (
+            arch(Fun::Elu, EnergyKind::ScoreNet),
+            Objective::Mvl,
+            "activation",
+        ),
+        (
+            arch(Fun::Swish, EnergyKind::Scalar),
+            Objective::Mvl,
+            "score-net",
+        ),
+        (
+            arch(Fun::Swish, EnergyKind::ScoreNet),
+            Objective::Dsm,
+            "objective",
+        ),
+    ];
+    for (a, objective, why) in cases {
+        let hp = HostParams::init(&a, Init::Glorot, 0)?;
+        for path in [Path::Fused, Path::Auto] {
+            let model = Model::from_host(a.clone(), &hp, |r, c, d| g.upload(r, c, d))?;
+            let cfg = TrainConfig {
+                objective,
+                batch: 10,
+                verbose: false,
+                path,
+                ..Default::default()
+            };
+            match (path, Trainer::new(g, model, data.clone(), None, cfg)) {
+                (Path::Fused, Err(Error::Invalid(m))) => {
+                    assert!(m.contains(why) && m.contains("--path tape"), "{m}")
+                }
+                (Path::Auto, Ok(t)) => assert!(!t.is_fused()),
+                (_, other) => panic!("{why}: {:?}", other.map(|_| ())),
+            }
+        }
+    }
+    let c = Config {
+        mh_diagnostic: true,
+        ..Config::default()
+    };
+    assert!(wmvl::fused::unsupported(&Arch::paper(2), Objective::Mvl, &c).is_some());
+
+    let hp = HostParams::init(&Arch::paper(2), Init::Glorot, 0)?;
+    let mut model = Model::from_host(Arch::paper(2), &hp, |r, c, d| g.upload(r, c, d))?;
+    let before = g.allocated_bytes();
+    match FusedMvl::new(g, &mut model, &Config::default(), 50_000_000, None) {
+        Err(Error::OutOfMemory(m)) => assert!(m.contains("lower the batch size"), "{m}"),
+        other => panic!("a 50M-row batch was accepted: {:?}", other.map(|_| ())),
+    }
+    assert!(
+        g.allocated_bytes() <= before + (1 << 20),
+        "allocated before refusing"
+    );
+    Ok(())
 }

@@ -57,6 +57,9 @@ fn divergence_is_reported_with_its_step_and_the_last_good_parameters_are_kept() 
         lr: 1e4, // absurd on purpose: RMSProp steps of ~lr per parameter blow the energy up
         log_every: 2,
         verbose: false,
+        // The tape's E(x₁) − E(x₀) overflows to inf − inf = NaN here; the fused path's
+        // propagated difference stays finite (loss ~1e30), which is divergence without a NaN.
+        path: wmvl::fused::Path::Tape,
         ..Default::default()
     };
     // Without spectral norm nothing bounds the weights, and the energies overflow f32.

@@ -11,17 +11,17 @@ struct Step {
     idx_words: vec4<u32>,   // Philox words of this step's minibatch-row draw
     noise_words: vec4<u32>, // Philox words of this step's standard-normal draw
     data_rows: u32,         // rows of `data` the minibatch is drawn from
-    row0: u32,              // with GIVEN_ROWS: the batch is rows row0.. of `data` (and `given`)
+    row0: u32,              // with given rows: the batch is rows row0.. of `data` (and `given`)
     rows: u32,              // live rows of the batch (≤ B; the rest are padding)
-    train: u32,             // 1: apply the optimiser; 0: only compute the gradient
+    pad0: u32,
     lr: f32,                // optimiser parameters, as shaders/optim.wgsl: f0..f3
     rho: f32,
     opt_eps: f32,
     f3: f32,
     bc1: f32,               // Adam bias corrections
     bc2: f32,
-    pad0: f32,
-    pad1: f32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> st: Step;
@@ -31,7 +31,7 @@ struct Step {
 @group(0) @binding(4) var<storage, read_write> ws: array<f32>;     // streams, partial sums, grads
 @group(0) @binding(5) var<storage, read_write> s1: array<f32>;     // optimiser state
 @group(0) @binding(6) var<storage, read_write> s2: array<f32>;
-@group(0) @binding(7) var<storage, read> given: array<f32>;       // given noise (B, D)
+@group(0) @binding(7) var<storage, read> given: array<f32>;       // given noise (one row per data row)
 
 override B: u32 = 1u;             // batch rows
 override D: u32 = 1u;             // data width
@@ -40,9 +40,8 @@ override EPS0: f32 = 1e-3;        // base step ε₀
 override RESCALE: bool = true;    // εᵢ = ε₀ / max(1, ‖gᵢ‖²)
 override CV: bool = true;         // subtract the control variate g·ξ
 override REG: f32 = 0.0;          // energy-scale regulariser c
-override GIVEN_ROWS: bool = false;
-override GIVEN_NOISE: bool = false;
 const NONE: u32 = 0xffffffffu;
+
 
 // 1/σ of the layer whose σ is at sn[slot] (1 without spectral norm).
 fn inv_sigma(slot: u32) -> f32 {

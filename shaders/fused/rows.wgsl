@@ -35,33 +35,39 @@ override CHUNKS: u32 = 1u;
 override THETA_LEN: u32 = 0u;
 override O_GRAD: u32 = 0u;
 override OPT: u32 = 0u;    // optimiser rule code (optim_lib.wgsl)
-override ITERATE: bool = true; // power iteration (training) or the stored u as is
 const META_STRIDE: u32 = 16u;
 
 fn layer_info(l: u32, field: u32) -> u32 { return bitcast<u32>(sn[META + (l - 1u) * META_STRIDE + field]); }
 
 fn rows() -> u32 { return st.rows; }
 
-// Minibatch rows (a Philox draw, or rows row0.. of the data) and the noise draw.
-@compute @workgroup_size(ROWS_WG)
-fn rows_input(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = gid.x;
+// Minibatch rows (a Philox draw, or rows row0.. of the data) and the noise draw. Three entry
+// points with the choices as literals: lavapipe recompiles a shader whenever a uniform it
+// branches on changes, so modes are pipelines, not flags.
+fn input(i: u32, given_rows: bool, given_noise: bool) {
     if (i >= B) { return; }
-    let live = i < rows();
+    let live = i < st.rows;
     var r = 0u;
-    if (GIVEN_ROWS) { r = st.row0 + i; } else { r = philox_index(i, st.idx_words, st.data_rows); }
+    if (given_rows) { r = st.row0 + i; } else { r = philox_index(i, st.idx_words, st.data_rows); }
     for (var c = 0u; c < D; c++) {
         var x = 0.0;
         var z = 0.0;
         if (live) {
             x = data[r * D + c];
-            if (GIVEN_NOISE) { z = given[r * D + c]; } else { z = philox_normal(i * D + c, st.noise_words); }
+            if (given_noise) { z = given[r * D + c]; } else { z = philox_normal(i * D + c, st.noise_words); }
         }
         ws[O_X0 + i * D + c] = x;
         ws[O_X0L + i * D + c] = x;
         ws[O_NZ + i * D + c] = z;
     }
 }
+
+@compute @workgroup_size(ROWS_WG)
+fn rows_input_drawn(@builtin(global_invocation_id) gid: vec3<u32>) { input(gid.x, false, false); }
+@compute @workgroup_size(ROWS_WG)
+fn rows_input_given(@builtin(global_invocation_id) gid: vec3<u32>) { input(gid.x, true, false); }
+@compute @workgroup_size(ROWS_WG)
+fn rows_input_given_noise(@builtin(global_invocation_id) gid: vec3<u32>) { input(gid.x, true, true); }
 
 // After g: the per-sample step, the noise ξ and the move Δx (SPEC §2 steps 2–4), and E(x₀).
 @compute @workgroup_size(ROWS_WG)
@@ -200,10 +206,9 @@ fn sums(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // One invocation per entry of theta: add up the chunks of the gradient, apply the chain rule
-// through σ (∂W = ∂W̃/σ − ⟨∂W̃, W⟩/σ²·vᵀu, SPEC §7), keep the gradient, step the optimiser.
-@compute @workgroup_size(256)
-fn update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let e = gid.y * nwg.x * 256u + gid.x;
+// through σ (∂W = ∂W̃/σ − ⟨∂W̃, W⟩/σ²·vᵀu, SPEC §7), keep the gradient, and with `train`
+// step the optimiser.
+fn update_at(e: u32, train: bool) {
     if (e >= THETA_LEN) { return; }
     var layer = 0u;
     var weight = false;
@@ -224,7 +229,7 @@ fn update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         g = g * s - sn[layer_info(layer, 7u)] * s * s * vu;
     }
     ws[O_GRAD + e] = g;
-    if (st.train == 1u) {
+    if (train) {
         let r = opt_step(OPT, g, theta[e], s1[e], s2[e], vec4<f32>(st.lr, st.rho, st.opt_eps, st.f3), st.bc1, st.bc2);
         theta[e] = r.x;
         s1[e] = r.y;
@@ -232,12 +237,19 @@ fn update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     }
 }
 
+@compute @workgroup_size(256)
+fn update_train(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    update_at(gid.y * nwg.x * 256u + gid.x, true);
+}
+@compute @workgroup_size(256)
+fn update_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    update_at(gid.y * nwg.x * 256u + gid.x, false);
+}
+
 // Spectral norm (SPEC §7), one workgroup per normalised layer: v = normalize(u·Wᵀ); with
-// ITERATE u ← normalize(v·W); σ = (v·W)·u. Layer table fields: 0 fan_in, 1 fan_out,
-// 2 W offset, 4 σ slot, 5 u, 6 v, 14 scratch (fan_in + fan_out words).
-@compute @workgroup_size(64)
-fn power_iteration(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let l = wid.x + 1u;
+// `iterate` (training) u ← normalize(v·W); σ = (v·W)·u. Layer table fields: 0 fan_in,
+// 1 fan_out, 2 W offset, 4 σ slot, 5 u, 6 v, 14 scratch (fan_in + fan_out words).
+fn spectral_norm(t: u32, l: u32, iterate: bool) {
     let fi = layer_info(l, 0u);
     let fo = layer_info(l, 1u);
     let w = layer_info(l, 2u);
@@ -261,20 +273,29 @@ fn power_iteration(@builtin(local_invocation_index) t: u32, @builtin(workgroup_i
     }
     storageBarrier();
     var nu = 1.0;
-    if (ITERATE) {
+    if (iterate) {
         nu = 0.0;
         for (var b = 0u; b < fo; b++) { nu += sn[tu + b] * sn[tu + b]; }
         nu = sqrt(nu + 1e-24);
     }
     var sigma = 0.0;
     for (var b = 0u; b < fo; b++) {
-        let u = select(sn[ou + b], sn[tu + b] / nu, ITERATE);
+        let u = select(sn[ou + b], sn[tu + b] / nu, iterate);
         sigma += sn[tu + b] * u;
     }
     storageBarrier();
     for (var a = t; a < fi; a += 64u) { sn[ov + a] = sn[tv + a] / nv; }
-    if (ITERATE) {
+    if (iterate) {
         for (var b = t; b < fo; b += 64u) { sn[ou + b] = sn[tu + b] / nu; }
     }
     if (t == 0u) { sn[layer_info(l, 4u)] = sigma; }
+}
+
+@compute @workgroup_size(64)
+fn power_iteration(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    spectral_norm(t, wid.x + 1u, true);
+}
+@compute @workgroup_size(64)
+fn sigma_stored(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    spectral_norm(t, wid.x + 1u, false);
 }

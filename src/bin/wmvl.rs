@@ -29,11 +29,14 @@ commands:
                         [--no-cv] [--no-rescale] [--energy-reg C] [--optimizer rmsprop|rmsprop-torch|adam]
                         [--hidden 100,100] [--act swish|tanh|elu|softplus] [--no-sn] [--energy scorenet|scalar]
                         [--init glorot|torch] [--n 10000] [--heldout 0.1] [--eval-every 100] [--patience 0]
-                        [--log-every 50] [--plot FIG.png]
+                        [--log-every 50] [--plot FIG.png] [--path auto|tape|fused]
   eval     print an objective on data:
              wmvl eval --checkpoint CK --data FILE --objective O [--eps 1e-3] [--noise Z.npy]
                        [--grad-out G.safetensors] [--seed 0] [--no-cv] [--no-rescale] [--energy-reg C]
+                       [--path auto|tape|fused]
            --noise: the standard-normal draws the objective needs (one row per sample, the data's width)
+           --path: fused kernels (mvl on score-net energies with swish, tanh, sigmoid or softplus) or
+                   the tape (everything); auto takes the fused path wherever it applies
   score    energy and score (−∇E) at given points, written as columns [E, score_1..score_d]:
              wmvl score --checkpoint CK --points FILE --out OUT.npy
   sample   draw samples from a model:
@@ -247,6 +250,7 @@ fn train(args: &[String]) -> Result<(), Error> {
             "patience",
             "log-every",
             "plot",
+            "path",
         ],
         &["no-cv", "no-rescale", "no-sn"],
     )?;
@@ -337,6 +341,7 @@ fn train(args: &[String]) -> Result<(), Error> {
         },
         patience: o.num("patience", 0)?,
         verbose: true,
+        path: wmvl::fused::Path::from_name(o.str("path").unwrap_or("auto"))?,
     };
     if cfg.batch == 0 || cfg.log_every == 0 {
         return Err(usage_err("--batch and --log-every must be positive".into()));
@@ -361,6 +366,10 @@ fn train(args: &[String]) -> Result<(), Error> {
             .unwrap_or_default()
     );
     let mut trainer = Trainer::new(&gpu, model, x, h, cfg.clone())?;
+    match trainer.fused_launches_per_step() {
+        Some(k) => eprintln!("wmvl: fused kernels, {k} launches per step"),
+        None => eprintln!("wmvl: tape path"),
+    }
     let result = trainer.run();
     let meta = [
         ("objective", objective.name().to_string()),
@@ -445,6 +454,7 @@ fn eval(args: &[String]) -> Result<(), Error> {
             "grad-out",
             "seed",
             "energy-reg",
+            "path",
         ],
         &["no-cv", "no-rescale"],
     )?;
@@ -478,17 +488,46 @@ fn eval(args: &[String]) -> Result<(), Error> {
     let (mut model, _) = load_model(&gpu, Path::new(ck_path))?;
     check_width(&data, &model.arch, data_path, ck_path)?;
 
-    // Chunks of rows, each its own tape; the loss is the mean over all rows, so each chunk's
-    // loss (a mean over its rows) is weighted by rows/n.
+    let path = wmvl::fused::Path::from_name(o.str("path").unwrap_or("auto"))?;
+    let fused = path.use_fused(&model.arch, objective, &cfg)?;
+
+    // Chunks of rows, each its own tape (or launch of the fused step); the loss is the mean
+    // over all rows, so each chunk's loss (a mean over its rows) is weighted by rows/n.
     let n = data.rows;
     let d = data.cols;
-    let chunk = 4096;
+    let chunk = 4096.min(n);
     let names = model.param_names();
     let mut grads: Vec<Vec<f64>> = model.params().iter().map(|p| vec![0.0; p.len()]).collect();
     let mut per_sample = Vec::with_capacity(n);
     let mut loss = 0.0;
+    let fused = if fused {
+        let step = wmvl::fused::FusedMvl::new(&gpu, &mut model, &cfg, chunk, None)?;
+        let x = gpu.upload(n, d, &data.data)?;
+        let z = noise
+            .as_ref()
+            .map(|z| gpu.upload(n, d, &z.data))
+            .transpose()?;
+        let bound = step.bind(&x, z.as_ref())?;
+        Some((step, bound))
+    } else {
+        None
+    };
     for (c, start) in (0..n).step_by(chunk).enumerate() {
         let rows = chunk.min(n - start);
+        let w = rows as f64 / n as f64;
+        if let Some((step, bound)) = &fused {
+            step.record_eval(bound, &mut model, start, rows, (seed, c as u64 + 1))?;
+            loss += w * gpu.read(&step.loss()?)?[0] as f64;
+            per_sample.extend(gpu.read(&step.per_sample(rows)?)?.iter().map(|&v| v as f64));
+            if o.str("grad-out").is_some() {
+                for (acc, gv) in grads.iter_mut().zip(step.grads()?) {
+                    for (a, v) in acc.iter_mut().zip(gpu.read(&gv)?) {
+                        *a += w * v as f64;
+                    }
+                }
+            }
+            continue;
+        }
         let tape = Tape::new(&gpu);
         let xb = tape.leaf(gpu.upload(rows, d, &data.data[start * d..(start + rows) * d])?);
         let z = match &noise {
@@ -497,7 +536,6 @@ fn eval(args: &[String]) -> Result<(), Error> {
         };
         let bound = model.bind(&tape, false)?;
         let est = estimate(objective, &cfg, &bound, xb, Some(z))?;
-        let w = rows as f64 / n as f64;
         loss += w * gpu.read(&est.loss.value())?[0] as f64;
         per_sample.extend(gpu.read(&est.per_sample.value())?.iter().map(|&v| v as f64));
         if o.str("grad-out").is_some() {

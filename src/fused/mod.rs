@@ -1,7 +1,7 @@
 //! The fused MVL step: loss and parameter gradient of the Langevin MVL objective (SPEC §2)
 //! for the score-net energy E(x) = ⟨x, ψ(x)⟩, ψ an MLP, in a fixed list of kernels instead of
-//! a tape — about 6L + 2(L−1) + 7 launches for L layers, with pipelines and bind groups made
-//! once, and the optimiser step included.
+//! a tape — 6L + 2(L−1) + 5 launches for L layers (two fewer without spectral norm), the
+//! optimiser step included, with pipelines and bind groups made once.
 //!
 //! # The computation, per sample
 //!
@@ -53,16 +53,18 @@
 //! The tape path (`objective::estimate`) computes the same loss and gradient; the tests hold
 //! both to each other and to the f64 reference.
 
+mod core;
 mod plan;
 
+use core::Core;
 pub use plan::Plan;
-use plan::{Source, Specialise};
+use plan::{KernelSpec, Mode, Source, Specialise};
 
 use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::gpu::{CustomBindings, CustomKernel, Gpu, Tensor};
+use crate::gpu::{CustomBindings, CustomKernel, CustomLayout, Gpu, Tensor};
 use crate::model::{EnergyKind, Model};
 use crate::objective::{self, Objective};
 use crate::ops::Fun;
@@ -102,27 +104,88 @@ pub fn unsupported(
     None
 }
 
-/// How the minibatch of a step is formed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rows {
-    /// Training: `batch` rows drawn uniformly (Philox, the same draw as the tape path).
-    Drawn,
-    /// Evaluation: consecutive rows of the data, a chunk of at most `batch` per launch.
-    Given,
+/// Which implementation computes a step: the tape (every objective and model) or the fused
+/// kernels (MVL on the score-net energy). `Auto` takes the fused path wherever it applies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Path {
+    #[default]
+    Auto,
+    Tape,
+    Fused,
 }
 
-/// The fused step, built for one model shape, batch size, objective settings and data.
+impl Path {
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Auto => "auto",
+            Path::Tape => "tape",
+            Path::Fused => "fused",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Result<Path> {
+        match s {
+            "auto" => Ok(Path::Auto),
+            "tape" => Ok(Path::Tape),
+            "fused" => Ok(Path::Fused),
+            _ => Err(Error::Invalid(format!(
+                "unknown path {s:?}; use auto, tape or fused"
+            ))),
+        }
+    }
+
+    /// Whether to run fused; `Fused` for something the fused path does not implement is an
+    /// error that says why.
+    pub fn use_fused(
+        self,
+        arch: &crate::model::Arch,
+        objective: Objective,
+        cfg: &objective::Config,
+    ) -> Result<bool> {
+        match (self, unsupported(arch, objective, cfg)) {
+            (Path::Tape, _) => Ok(false),
+            (Path::Auto, why) => Ok(why.is_none()),
+            (Path::Fused, None) => Ok(true),
+            (Path::Fused, Some(why)) => Err(Error::Invalid(format!(
+                "--path fused: {why}; use --path tape (or auto)"
+            ))),
+        }
+    }
+}
+
+/// The fused step, built for one model shape, batch size and objective settings, and
+/// bound to the model's parameters and an optimiser's state. The data it runs on are bound
+/// separately ([`FusedMvl::bind`]), so training and held-out evaluation share the kernels.
 pub struct FusedMvl<'g> {
     gpu: &'g Gpu,
     plan: Plan,
-    kernels: Vec<(Arc<CustomKernel>, [u32; 3])>,
-    bindings: Arc<CustomBindings>,
+    /// The launches of a step in each mode (pipelines shared between the lists).
+    train: Launches,
+    eval: Launches,
+    eval_given_noise: Launches,
+    layout: CustomLayout,
     ws: Tensor,
     sn: Tensor,
     theta: Tensor,
-    data_rows: usize,
-    rows: Rows,
+    s1: Tensor,
+    s2: Tensor,
 }
+
+/// Data (and optionally a fixed noise draw, one row per data row) bound for a fused step.
+pub struct FusedData {
+    bindings: Arc<CustomBindings>,
+    rows: usize,
+    given_noise: bool,
+}
+
+impl FusedData {
+    /// Rows of the bound data.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+type Launches = Vec<(Arc<CustomKernel>, [u32; 3])>;
 
 /// The per-step parameter block (`struct Step` in shaders/fused/prelude.wgsl).
 #[repr(C)]
@@ -133,10 +196,10 @@ struct Step {
     data_rows: u32,
     row0: u32,
     rows: u32,
-    train: u32,
+    pad0: u32,
     opt: [f32; 4],
     bc: [f32; 2],
-    pad: [f32; 2],
+    pad1: [u32; 2],
 }
 
 /// Make the model's parameters one packed buffer (W₁, b₁, W₂, … at [`Gpu::packed_layout`]
@@ -150,7 +213,7 @@ fn pack_params(gpu: &Gpu, model: &mut Model<&Gpu>) -> Result<(Tensor, Vec<usize>
         .zip(&offsets)
         .all(|(p, &at)| p.shares_buffer(&params[0]) && p.offset_elems() == at);
     let whole = if packed {
-        params[0].view(0, 1, total)?.reshaped(1, total)?
+        params[0].view(0, 1, total)?
     } else {
         let whole = gpu.full(1, total, 0.0)?;
         let views: Vec<Tensor> = shapes
@@ -171,43 +234,16 @@ fn pack_params(gpu: &Gpu, model: &mut Model<&Gpu>) -> Result<(Tensor, Vec<usize>
 }
 
 impl<'g> FusedMvl<'g> {
-    /// The training step: minibatches of `batch` rows drawn from `data`, RMSProp/Adam from
-    /// `opt` (whose state must belong to `model`'s parameters). Packs the model's parameters
-    /// into one buffer if they are not already.
-    pub fn for_training(
+    /// Build the step for `model` with batches of at most `batch` rows. With `opt` (whose
+    /// state must belong to the model's parameters) [`FusedMvl::record_step`] trains; without,
+    /// only [`FusedMvl::record_eval`] is available. Packs the model's parameters into one
+    /// buffer if they are not already.
+    pub fn new(
         gpu: &'g Gpu,
         model: &mut Model<&'g Gpu>,
         cfg: &objective::Config,
         batch: usize,
-        data: &Tensor,
-        opt: &Optimizer,
-    ) -> Result<FusedMvl<'g>> {
-        Self::build(gpu, model, cfg, batch, data, None, Some(opt), Rows::Drawn)
-    }
-
-    /// The evaluation step: loss and gradient over consecutive rows of `data`, `chunk` rows
-    /// per launch, noise from `noise` (one row per data row) or from Philox draws.
-    pub fn for_evaluation(
-        gpu: &'g Gpu,
-        model: &mut Model<&'g Gpu>,
-        cfg: &objective::Config,
-        chunk: usize,
-        data: &Tensor,
-        noise: Option<&Tensor>,
-    ) -> Result<FusedMvl<'g>> {
-        Self::build(gpu, model, cfg, chunk, data, noise, None, Rows::Given)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn build(
-        gpu: &'g Gpu,
-        model: &mut Model<&'g Gpu>,
-        cfg: &objective::Config,
-        batch: usize,
-        data: &Tensor,
-        noise: Option<&Tensor>,
         opt: Option<&Optimizer>,
-        rows: Rows,
     ) -> Result<FusedMvl<'g>> {
         let arch = model.arch.clone();
         if let Some(why) = unsupported(&arch, Objective::Mvl, cfg) {
@@ -219,31 +255,15 @@ impl<'g> FusedMvl<'g> {
                 cfg.eps
             )));
         }
-        let (n, d) = data.shape();
-        if d != arch.dim {
-            return Err(Error::Shape(format!(
-                "the model takes {} columns, the data has {d}",
-                arch.dim
-            )));
-        }
-        if n == 0 || batch == 0 {
-            return Err(Error::Invalid(format!("empty batch ({batch} rows of {n})")));
-        }
-        if let Some(z) = noise {
-            if z.shape() != (n, d) {
-                return Err(Error::Shape(format!(
-                    "noise has shape {:?}, the data {:?}",
-                    z.shape(),
-                    (n, d)
-                )));
-            }
+        if batch == 0 {
+            return Err(Error::Invalid("the batch size must be positive".into()));
         }
         let (theta, offsets, total) = pack_params(gpu, model)?;
         let limits = &gpu.report().limits;
         let align = (limits.min_storage_buffer_offset_alignment as usize / 4).max(4);
         let plan = Plan::new(
             batch,
-            d,
+            arch.dim,
             &arch.hidden,
             arch.act,
             arch.spectral_norm,
@@ -264,17 +284,6 @@ impl<'g> FusedMvl<'g> {
         let ws = gpu.scratch(1, plan.ws_len)?;
         let sn = gpu.full(1, plan.sn_len, 0.0)?;
         gpu.write(&sn.buf, 0, bytemuck::cast_slice(&plan.meta()))?;
-        let code = opt.map_or(0, |o| o.rule.kernel_args(0.0, 1).0);
-        let spec = Specialise {
-            eps: cfg.eps,
-            rescale: cfg.rescale,
-            control_variate: cfg.control_variate,
-            energy_reg: cfg.energy_reg,
-            given_rows: rows == Rows::Given,
-            given_noise: noise.is_some(),
-            iterate: rows == Rows::Drawn,
-            opt_code: code,
-        };
         let (s1, s2) = match opt {
             Some(o) => {
                 let (s1, s2) = o.packed_state();
@@ -287,26 +296,77 @@ impl<'g> FusedMvl<'g> {
             }
             None => (gpu.full(1, 1, 0.0)?, gpu.full(1, 1, 0.0)?),
         };
-        let given = match noise {
-            Some(z) => z.clone(),
-            None => gpu.full(1, 1, 0.0)?,
+        let spec = Specialise {
+            eps: cfg.eps,
+            rescale: cfg.rescale,
+            control_variate: cfg.control_variate,
+            energy_reg: cfg.energy_reg,
+            opt_code: opt.map_or(0, |o| o.rule.kernel_args(0.0, 1).0),
+            subgroup: gpu.subgroup_core(),
         };
         let layout = gpu.custom_layout(&[true, false, false, false, false, false, true]);
-        let bindings = gpu.custom_bindings(&layout, &[data, &theta, &sn, &ws, &s1, &s2, &given])?;
-        let kernels = compile(gpu, &layout, &plan.kernels(&spec))?;
+        let mut built = Built::default();
+        let train = built.launches(gpu, &layout, &plan.kernels(&spec, Mode::Train))?;
+        let eval = built.launches(gpu, &layout, &plan.kernels(&spec, Mode::Eval))?;
+        let eval_given_noise =
+            built.launches(gpu, &layout, &plan.kernels(&spec, Mode::EvalGivenNoise))?;
         let fused = FusedMvl {
             gpu,
             plan,
-            kernels,
-            bindings,
+            train,
+            eval,
+            eval_given_noise,
+            layout,
             ws,
             sn,
             theta,
-            data_rows: n,
-            rows,
+            s1,
+            s2,
         };
         fused.attach_sn(model)?;
         Ok(fused)
+    }
+
+    /// Bind data (n, d) to run on, with an optional fixed noise draw of the same shape.
+    pub fn bind(&self, data: &Tensor, noise: Option<&Tensor>) -> Result<FusedData> {
+        let (n, d) = data.shape();
+        if d != self.plan.d {
+            return Err(Error::Shape(format!(
+                "the model takes {} columns, the data has {d}",
+                self.plan.d
+            )));
+        }
+        if n == 0 {
+            return Err(Error::Invalid("no data rows to bind".into()));
+        }
+        if let Some(z) = noise {
+            if z.shape() != (n, d) {
+                return Err(Error::Shape(format!(
+                    "noise has shape {:?}, the data {:?}",
+                    z.shape(),
+                    (n, d)
+                )));
+            }
+        }
+        let unused = self.gpu.full(1, 1, 0.0)?;
+        let given = noise.unwrap_or(&unused);
+        let bindings = self.gpu.custom_bindings(
+            &self.layout,
+            &[
+                data,
+                &self.theta,
+                &self.sn,
+                &self.ws,
+                &self.s1,
+                &self.s2,
+                given,
+            ],
+        )?;
+        Ok(FusedData {
+            bindings,
+            rows: n,
+            given_noise: noise.is_some(),
+        })
     }
 
     /// The plan (layout and kernel list) this step runs.
@@ -314,9 +374,9 @@ impl<'g> FusedMvl<'g> {
         &self.plan
     }
 
-    /// Kernel launches per step.
+    /// Kernel launches per training step.
     pub fn launches_per_step(&self) -> usize {
-        self.kernels.len()
+        self.train.len()
     }
 
     /// Make the model's spectral-norm vectors live in the step's buffer (copying them there
@@ -336,8 +396,9 @@ impl<'g> FusedMvl<'g> {
         Ok(())
     }
 
-    /// Check that the model still holds the parameters this step was built on.
-    fn check_model(&self, model: &Model<&'g Gpu>) -> Result<()> {
+    /// Check that the model still holds the parameters this step was built on, and that its
+    /// spectral-norm vectors are the step's.
+    fn check_model(&self, model: &mut Model<&'g Gpu>) -> Result<()> {
         let params = model.params();
         let ok = params.len() == 2 * self.plan.layers()
             && params.iter().enumerate().all(|(i, p)| {
@@ -348,87 +409,93 @@ impl<'g> FusedMvl<'g> {
                 };
                 p.shares_buffer(&self.theta) && p.offset_elems() == at
             });
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::Invalid(
+        if !ok {
+            return Err(Error::Invalid(
                 "the model's parameters were replaced after the fused step was built; build it again".into(),
-            ))
+            ));
         }
+        self.attach_sn(model)
     }
 
-    fn launch(&self, step: &Step) -> Result<()> {
+    fn launch(&self, launches: &Launches, data: &FusedData, step: &Step) -> Result<()> {
         let words: &[u32] = bytemuck::cast_slice(std::slice::from_ref(step));
-        for (k, groups) in &self.kernels {
-            self.gpu.launch_custom(k, &self.bindings, words, *groups)?;
+        for (k, groups) in launches {
+            self.gpu.launch_custom(k, &data.bindings, words, *groups)?;
         }
         Ok(())
     }
 
-    /// Record one training step (nothing is waited for): minibatch from draw `rows_draw`,
-    /// noise from draw `noise_draw` (each a Philox (seed, stream)), then the optimiser step.
+    /// Record one training step (nothing is waited for): a minibatch of `batch` rows of
+    /// `data` from draw `rows_draw`, noise from draw `noise_draw` (each a Philox (seed,
+    /// stream), the draws the tape path makes), the power iteration, then the optimiser step.
     pub fn record_step(
         &self,
+        data: &FusedData,
         model: &mut Model<&'g Gpu>,
         opt: &mut Optimizer,
         rows_draw: (u64, u64),
         noise_draw: (u64, u64),
     ) -> Result<()> {
-        if self.rows != Rows::Drawn {
+        if opt.packed_state().0.buf_id() != self.s1.buf_id() {
             return Err(Error::Invalid(
-                "this fused step was built for evaluation".into(),
+                "this fused step was built without (or for another) optimiser".into(),
             ));
         }
         self.check_model(model)?;
-        self.attach_sn(model)?;
         opt.t += 1;
         let (_, f, bc) = opt.rule.kernel_args(opt.lr, opt.t);
-        self.launch(&Step {
-            idx_words: words(rows_draw.0, rows_draw.1),
-            noise_words: words(noise_draw.0, noise_draw.1),
-            data_rows: self.data_rows as u32,
-            rows: self.plan.b as u32,
-            train: 1,
-            opt: f,
-            bc,
-            ..Default::default()
-        })
+        self.launch(
+            &self.train,
+            data,
+            &Step {
+                idx_words: words(rows_draw.0, rows_draw.1),
+                noise_words: words(noise_draw.0, noise_draw.1),
+                data_rows: data.rows as u32,
+                rows: self.plan.b as u32,
+                opt: f,
+                bc,
+                ..Default::default()
+            },
+        )
     }
 
-    /// Record the loss and gradient of rows `row0 .. row0 + rows` of the data (rows ≤ the
-    /// chunk size), with noise from the given tensor or from draw `noise_draw`; parameters
-    /// are not changed. Read [`FusedMvl::loss`], [`FusedMvl::per_sample`] and
-    /// [`FusedMvl::grads`] afterwards.
+    /// Record the loss and gradient of rows `row0 .. row0 + rows` of the bound data (rows ≤
+    /// the batch size), with its fixed noise or noise from draw `noise_draw`; the parameters
+    /// and spectral-norm vectors are not changed. Read [`FusedMvl::loss`],
+    /// [`FusedMvl::per_sample`] and [`FusedMvl::grads`] afterwards.
     pub fn record_eval(
         &self,
+        data: &FusedData,
         model: &mut Model<&'g Gpu>,
         row0: usize,
         rows: usize,
         noise_draw: (u64, u64),
     ) -> Result<()> {
-        if self.rows != Rows::Given {
-            return Err(Error::Invalid(
-                "this fused step was built for training".into(),
-            ));
-        }
-        if rows == 0 || rows > self.plan.b || row0 + rows > self.data_rows {
+        if rows == 0 || rows > self.plan.b || row0 + rows > data.rows {
             return Err(Error::Invalid(format!(
-                "rows {row0}..{} of {} in chunks of {}",
+                "rows {row0}..{} of {} in chunks of at most {}",
                 row0 + rows,
-                self.data_rows,
+                data.rows,
                 self.plan.b
             )));
         }
         self.check_model(model)?;
-        self.attach_sn(model)?;
-        self.launch(&Step {
-            noise_words: words(noise_draw.0, noise_draw.1),
-            data_rows: self.data_rows as u32,
-            row0: row0 as u32,
-            rows: rows as u32,
-            train: 0,
-            ..Default::default()
-        })
+        let launches = if data.given_noise {
+            &self.eval_given_noise
+        } else {
+            &self.eval
+        };
+        self.launch(
+            launches,
+            data,
+            &Step {
+                noise_words: words(noise_draw.0, noise_draw.1),
+                data_rows: data.rows as u32,
+                row0: row0 as u32,
+                rows: rows as u32,
+                ..Default::default()
+            },
+        )
     }
 
     /// The loss of the last recorded step (1 × 1): mean per-sample value plus regulariser.
@@ -436,7 +503,7 @@ impl<'g> FusedMvl<'g> {
         self.ws.view(self.plan.io.out, 1, 1)
     }
 
-    /// The per-sample values −ediff/εᵢ of the last recorded step (its live rows).
+    /// The per-sample values −ediff/εᵢ of the last recorded step (its first `rows` rows).
     pub fn per_sample(&self, rows: usize) -> Result<Tensor> {
         self.ws.view(self.plan.io.loss, rows.min(self.plan.b), 1)
     }
@@ -459,50 +526,83 @@ impl<'g> FusedMvl<'g> {
     }
 }
 
-/// Build every kernel of a step (one shader module per source file).
-fn compile(
-    gpu: &Gpu,
-    layout: &crate::gpu::CustomLayout,
-    specs: &[plan::KernelSpec],
-) -> Result<Vec<(Arc<CustomKernel>, [u32; 3])>> {
+/// Kernels built so far: one shader module per source file, one pipeline per distinct
+/// (source, entry point, constants), shared between the launch lists of the modes.
+type ModuleKey = (Source, Option<Core>);
+
+#[derive(Default)]
+struct Built {
+    modules: Vec<(ModuleKey, Arc<wgpu::ShaderModule>)>,
+    pipelines: Vec<(KernelSpec, Arc<CustomKernel>)>,
+}
+
+impl Built {
+    fn launches(
+        &mut self,
+        gpu: &Gpu,
+        layout: &CustomLayout,
+        specs: &[KernelSpec],
+    ) -> Result<Launches> {
+        specs
+            .iter()
+            .map(|s| Ok((self.kernel(gpu, layout, s)?, s.groups)))
+            .collect()
+    }
+
+    fn kernel(
+        &mut self,
+        gpu: &Gpu,
+        layout: &CustomLayout,
+        s: &KernelSpec,
+    ) -> Result<Arc<CustomKernel>> {
+        let same = |k: &KernelSpec| {
+            k.source == s.source
+                && k.core == s.core
+                && k.entry == s.entry
+                && k.constants == s.constants
+        };
+        if let Some((_, k)) = self.pipelines.iter().find(|(k, _)| same(k)) {
+            return Ok(k.clone());
+        }
+        let key = (s.source, s.core);
+        let module = match self.modules.iter().find(|(k, _)| *k == key) {
+            Some((_, m)) => m.clone(),
+            None => {
+                let m = module(gpu, s.source, s.core)?;
+                self.modules.push((key, m.clone()));
+                m
+            }
+        };
+        let k = gpu.custom_kernel(layout, &module, &s.label, s.entry, &s.constants)?;
+        self.pipelines.push((s.clone(), k.clone()));
+        Ok(k)
+    }
+}
+
+/// The shader module of one source file: the shared pieces, the file, and for layer
+/// kernels the matmul core for their block shape.
+fn module(gpu: &Gpu, source: Source, core: Option<Core>) -> Result<Arc<wgpu::ShaderModule>> {
     let common = concat!(
         include_str!("../../shaders/functions.wgsl"),
         include_str!("../../shaders/philox_lib.wgsl"),
         include_str!("../../shaders/optim_lib.wgsl"),
         include_str!("../../shaders/fused/prelude.wgsl"),
     );
-    let core = include_str!("../../shaders/fused/core_direct.wgsl");
-    let mut modules: Vec<(Source, Arc<wgpu::ShaderModule>)> = Vec::new();
-    let mut out = Vec::with_capacity(specs.len());
-    for s in specs {
-        let module = match modules.iter().find(|(src, _)| *src == s.source) {
-            Some((_, m)) => m.clone(),
-            None => {
-                let (file, body) = match s.source {
-                    Source::Forward => (
-                        "layer_forward",
-                        include_str!("../../shaders/fused/layer_forward.wgsl"),
-                    ),
-                    Source::Backward => (
-                        "layer_backward",
-                        include_str!("../../shaders/fused/layer_backward.wgsl"),
-                    ),
-                    Source::Grad => (
-                        "layer_grad",
-                        include_str!("../../shaders/fused/layer_grad.wgsl"),
-                    ),
-                    Source::Rows => ("rows", include_str!("../../shaders/fused/rows.wgsl")),
-                };
-                let core = if s.source == Source::Rows { "" } else { core };
-                let m = gpu.custom_module(file, &format!("{common}\n{body}\n{core}"))?;
-                modules.push((s.source, m.clone()));
-                m
-            }
-        };
-        out.push((
-            gpu.custom_kernel(layout, &module, &s.label, s.entry, &s.constants)?,
-            s.groups,
-        ));
-    }
-    Ok(out)
+    let (file, body) = match source {
+        Source::Forward => (
+            "layer_forward",
+            include_str!("../../shaders/fused/layer_forward.wgsl"),
+        ),
+        Source::Backward => (
+            "layer_backward",
+            include_str!("../../shaders/fused/layer_backward.wgsl"),
+        ),
+        Source::Grad => (
+            "layer_grad",
+            include_str!("../../shaders/fused/layer_grad.wgsl"),
+        ),
+        Source::Rows => ("rows", include_str!("../../shaders/fused/rows.wgsl")),
+    };
+    let core = core.map(Core::source).unwrap_or_default();
+    gpu.custom_module(file, &format!("{common}\n{body}\n{core}"))
 }

@@ -2,13 +2,10 @@
 //! and the list of kernels with their override constants and grids. Pure bookkeeping — no
 //! GPU calls — so that the layout can be unit-tested and read in one place.
 
+use super::core::Core;
 use crate::error::{Error, Result};
 use crate::ops::Fun;
 
-/// Matmul core block (shaders/fused/core_direct.wgsl: RB × CB per invocation, 8 × 8
-/// invocations per workgroup).
-const CORE_RB: usize = 4;
-const CORE_CB: usize = 8;
 /// Words per layer in the layer table (shaders/fused/rows.wgsl, `META_STRIDE`).
 pub const META_STRIDE: usize = 16;
 /// Rows per workgroup of the per-sample kernels.
@@ -35,6 +32,8 @@ pub struct KernelSpec {
     pub entry: &'static str,
     pub constants: Vec<(&'static str, f64)>,
     pub groups: [u32; 3],
+    /// Layer kernels: the matmul core (None for the per-sample kernels).
+    pub core: Option<Core>,
 }
 
 /// Streams of one hidden layer (each B × n), in workspace elements. [a, q, r] and
@@ -120,6 +119,15 @@ pub struct Plan {
     pub sn_len: usize,
 }
 
+/// What a step does: train on drawn minibatches (power iteration, optimiser), or evaluate
+/// given rows with drawn or given noise (stored spectral-norm vectors, gradient only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+    EvalGivenNoise,
+}
+
 /// Settings the kernels are specialised for.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Specialise {
@@ -127,13 +135,10 @@ pub struct Specialise {
     pub rescale: bool,
     pub control_variate: bool,
     pub energy_reg: f32,
-    /// Minibatch rows are given (evaluation) instead of drawn.
-    pub given_rows: bool,
-    pub given_noise: bool,
-    /// Power-iterate the spectral norm (training) or use the stored u.
-    pub iterate: bool,
     /// Optimiser rule code (shaders/optim_lib.wgsl).
     pub opt_code: u32,
+    /// The adapter's subgroup size where it is fixed and the subgroup core is used.
+    pub subgroup: Option<usize>,
 }
 
 struct Alloc(usize);
@@ -333,8 +338,6 @@ impl Plan {
             ("RESCALE", s.rescale as u8 as f64),
             ("CV", s.control_variate as u8 as f64),
             ("REG", s.energy_reg as f64),
-            ("GIVEN_ROWS", s.given_rows as u8 as f64),
-            ("GIVEN_NOISE", s.given_noise as u8 as f64),
         ]
     }
 
@@ -373,7 +376,6 @@ impl Plan {
             ("THETA_LEN", self.theta_len as f64),
             ("O_GRAD", self.grad as f64),
             ("OPT", s.opt_code as f64),
-            ("ITERATE", s.iterate as u8 as f64),
         ]);
         c
     }
@@ -385,15 +387,14 @@ impl Plan {
             entry,
             constants: self.rows_constants(s),
             groups,
+            core: None,
         }
     }
 
-    fn matmul_groups(m: usize, n: usize, chunks: usize) -> [u32; 3] {
-        [
-            n.div_ceil(CORE_CB).div_ceil(8) as u32,
-            m.div_ceil(CORE_RB).div_ceil(8) as u32,
-            chunks as u32,
-        ]
+    /// Core and grid of a layer kernel with an (m × n) output.
+    fn matmul(s: &Specialise, m: usize, n: usize, chunks: usize) -> (Option<Core>, [u32; 3]) {
+        let (core, groups) = Core::choose(m, n, chunks, s.subgroup);
+        (Some(core), groups)
     }
 
     /// A forward-shaped layer kernel (`layer_forward.wgsl`) for layer l in `mode`.
@@ -438,12 +439,14 @@ impl Plan {
             ]),
         }
         let name = ["forward", "diff_forward", "tangent"][mode as usize];
+        let (core, groups) = Self::matmul(s, self.b, n, 1);
         KernelSpec {
             label: format!("{name} {l}"),
             source: Source::Forward,
             entry: "main",
             constants: c,
-            groups: Self::matmul_groups(self.b, n, 1),
+            groups,
+            core,
         }
     }
 
@@ -498,12 +501,14 @@ impl Plan {
             ]);
         }
         let name = ["backward", "diff_backward", "adjoint"][mode as usize];
+        let (core, groups) = Self::matmul(s, self.b, n, 1);
         KernelSpec {
             label: format!("{name} {l}"),
             source: Source::Backward,
             entry: "main",
             constants: c,
-            groups: Self::matmul_groups(self.b, n, 1),
+            groups,
+            core,
         }
     }
 
@@ -532,24 +537,35 @@ impl Plan {
             ("PART", self.part as f64),
             ("THETA_LEN", self.theta_len as f64),
         ]);
+        let (core, groups) = Self::matmul(s, fi + 1, fo, self.chunks);
         KernelSpec {
             label: format!("grad {l}"),
             source: Source::Grad,
             entry: "main",
             constants: c,
-            groups: Self::matmul_groups(fi + 1, fo, self.chunks),
+            groups,
+            core,
         }
     }
 
-    /// The kernels of one step, in order (see the table in `fused/mod.rs`).
-    pub fn kernels(&self, s: &Specialise) -> Vec<KernelSpec> {
+    /// The kernels of one step in `mode`, in order (see the table in `fused/mod.rs`).
+    pub fn kernels(&self, s: &Specialise, mode: Mode) -> Vec<KernelSpec> {
         let layers = self.layers();
         let rows = [self.b.div_ceil(ROWS_WG) as u32, 1, 1];
         let mut k = Vec::new();
         if !self.sn_slots.is_empty() {
-            k.push(self.rows_kernel(s, "power_iteration", [self.sn_slots.len() as u32, 1, 1]));
+            let entry = match mode {
+                Mode::Train => "power_iteration",
+                _ => "sigma_stored",
+            };
+            k.push(self.rows_kernel(s, entry, [self.sn_slots.len() as u32, 1, 1]));
         }
-        k.push(self.rows_kernel(s, "rows_input", rows));
+        let input = match mode {
+            Mode::Train => "rows_input_drawn",
+            Mode::Eval => "rows_input_given",
+            Mode::EvalGivenNoise => "rows_input_given_noise",
+        };
+        k.push(self.rows_kernel(s, input, rows));
         k.extend((1..=layers).map(|l| self.forward(s, l, 0)));
         k.extend((1..=layers).rev().map(|l| self.backward(s, l, 0)));
         k.push(self.rows_kernel(s, "rows_step", rows));
@@ -566,7 +582,11 @@ impl Plan {
         k.extend((1..=layers).map(|l| self.grad_kernel(s, l)));
         let groups = self.theta_len.div_ceil(256);
         let gx = groups.min(65535);
-        k.push(self.rows_kernel(s, "update", [gx as u32, groups.div_ceil(gx) as u32, 1]));
+        let update = match mode {
+            Mode::Train => "update_train",
+            _ => "update_grad",
+        };
+        k.push(self.rows_kernel(s, update, [gx as u32, groups.div_ceil(gx) as u32, 1]));
         k
     }
 }

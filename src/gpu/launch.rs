@@ -193,6 +193,8 @@ pub(crate) struct Launcher {
     pub params_buf: wgpu::Buffer,
     pub param_stride: u64,
     pub cache: std::sync::Mutex<HashMap<BindKey, Arc<wgpu::BindGroup>>>,
+    /// Bind groups created so far (cached and custom), for tests and reports.
+    pub created: std::sync::atomic::AtomicU64,
 }
 
 fn uniform_entry() -> wgpu::BindGroupLayoutEntry {
@@ -260,6 +262,7 @@ impl Launcher {
             params_buf,
             param_stride,
             cache: Default::default(),
+            created: Default::default(),
         }
     }
 }
@@ -284,6 +287,20 @@ impl Gpu {
                     cache: None,
                 })
         })
+    }
+
+    fn count_bind_group(&self) {
+        self.launcher
+            .created
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bind groups created so far: constant across the steps of a training loop once its
+    /// first step has run (they are cached or made once).
+    pub fn bind_groups_created(&self) -> u64 {
+        self.launcher
+            .created
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn clear_bind_group_cache(&self) {
@@ -376,6 +393,7 @@ impl Gpu {
                 }),
             });
         }
+        self.count_bind_group();
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("wmvl fused"),
@@ -462,6 +480,7 @@ impl Gpu {
                 }),
             });
         }
+        self.count_bind_group();
         let group = Arc::new(self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &self.launcher.layouts[layout],

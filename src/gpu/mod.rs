@@ -32,6 +32,8 @@ pub struct AdapterReport {
     pub driver: String,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
 }
 
 impl std::fmt::Display for AdapterReport {
@@ -52,13 +54,22 @@ impl std::fmt::Display for AdapterReport {
             l.max_compute_invocations_per_workgroup,
             l.max_compute_workgroups_per_dimension
         )?;
-        // The only optional feature wmvl asks for: GPU timestamps (used by the benchmarks).
-        let timing = if self.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
-            "timestamp queries (GPU-side timing)"
-        } else {
-            "none requested are available (benchmarks fall back to wall-clock timing)"
-        };
-        write!(f, "features: {timing}")
+        // The optional features wmvl asks for: GPU timestamps (benchmarks, profiles) and
+        // subgroup operations (the fused kernels' subgroup matmul core).
+        let mut have = Vec::new();
+        if self.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            have.push("timestamp queries (GPU-side timing)".to_string());
+        }
+        if self.features.contains(wgpu::Features::SUBGROUP) {
+            have.push(format!(
+                "subgroups of {}–{} invocations",
+                self.subgroup_min_size, self.subgroup_max_size
+            ));
+        }
+        if have.is_empty() {
+            have.push("none of those requested (benchmarks fall back to wall-clock timing)".into());
+        }
+        write!(f, "features: {}", have.join(", "))
     }
 }
 
@@ -80,6 +91,8 @@ pub struct Gpu {
     pub(crate) timestamps: bool,
     /// CPU implementations of Vulkan: avoid workgroup barriers (see `matmul_direct`).
     pub(crate) barrier_free: bool,
+    /// Fused kernels may use the subgroup matmul core (see [`Gpu::subgroup_core`]).
+    subgroup_core: bool,
 }
 
 fn backends_from_env() -> wgpu::Backends {
@@ -151,7 +164,7 @@ impl Gpu {
                 info.name, NEEDED_WORKGROUP_STORAGE
             )));
         }
-        let wanted = wgpu::Features::TIMESTAMP_QUERY;
+        let wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP;
         let features = adapter.features() & wanted;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -202,6 +215,8 @@ impl Gpu {
             driver: format!("{} {}", info.driver, info.driver_info),
             limits,
             features,
+            subgroup_min_size: info.subgroup_min_size,
+            subgroup_max_size: info.subgroup_max_size,
         };
         let gpu = Gpu {
             device,
@@ -214,6 +229,10 @@ impl Gpu {
             dummy,
             error,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            subgroup_core: !matches!(
+                std::env::var("WMVL_KERNELS").as_deref(),
+                Ok("gpu") | Ok("cpu")
+            ),
             barrier_free: barrier_free.unwrap_or(match std::env::var("WMVL_KERNELS").as_deref() {
                 Ok("gpu") => false,
                 Ok("cpu") => true,
@@ -233,6 +252,24 @@ impl Gpu {
     /// overrides the choice, e.g. to test both code paths on one machine).
     pub fn barrier_free(&self) -> bool {
         self.barrier_free
+    }
+
+    /// The subgroup size for the fused kernels' subgroup matmul core: Some where the adapter
+    /// has subgroup operations with one fixed size that the core is tested at (8, lavapipe's
+    /// SIMD width). `WMVL_KERNELS=gpu` or `cpu`, or [`Gpu::without_subgroup_core`], turn it
+    /// off (the fused kernels then use their direct core).
+    pub fn subgroup_core(&self) -> Option<usize> {
+        let r = &self.report;
+        let fixed = r.features.contains(wgpu::Features::SUBGROUP)
+            && r.subgroup_min_size == r.subgroup_max_size
+            && r.subgroup_min_size == 8;
+        (fixed && self.subgroup_core).then_some(8)
+    }
+
+    /// This device with the fused kernels' subgroup core off (e.g. to test the direct core).
+    pub fn without_subgroup_core(mut self) -> Gpu {
+        self.subgroup_core = false;
+        self
     }
 
     /// Whether [`Gpu::flush_timed`] can measure GPU time with timestamp queries.

@@ -43,7 +43,7 @@ impl PooledBuffer {
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
         if let (Some(b), Ok(mut pool)) = (self.buffer.take(), self.pool.lock()) {
-            pool.free.entry(self.size).or_default().push((b, self.id));
+            pool.free.entry(self.size).or_default().insert(self.id, b);
         }
     }
 }
@@ -51,10 +51,15 @@ impl Drop for PooledBuffer {
 /// Free buffers by size class (powers of two bytes). Reusing a buffer is safe even while
 /// earlier work that used it is still queued: the GPU runs dispatches in order and wgpu
 /// places the barriers between them.
+///
+/// The free buffer with the smallest id is handed out first: which buffers are free at each
+/// allocation then depends only on the program, not on the order things were dropped, so a
+/// training step that makes the same tensors in the same order gets the same buffers every
+/// time — and the same cached bind groups.
 #[derive(Default)]
 pub(crate) struct Pool {
-    /// Free buffers with the id they had (kept, so that cached bind groups stay valid).
-    free: HashMap<u64, Vec<(wgpu::Buffer, u64)>>,
+    /// Free buffers by the id they had (kept, so that cached bind groups stay valid).
+    free: HashMap<u64, std::collections::BTreeMap<u64, wgpu::Buffer>>,
     pub(crate) allocated_bytes: u64,
 }
 
@@ -77,6 +82,10 @@ impl Tensor {
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// Identity of the underlying buffer (equal for windows of one buffer).
+    pub(crate) fn buf_id(&self) -> u64 {
+        self.buf.id
     }
     /// Whether both tensors are windows of the same GPU buffer.
     pub fn shares_buffer(&self, other: &Tensor) -> bool {
@@ -168,7 +177,7 @@ impl Gpu {
             .pool
             .lock()
             .map_err(|_| Error::Gpu("pool poisoned".into()))?;
-        if let Some((b, id)) = pool.free.get_mut(&size).and_then(|v| v.pop()) {
+        if let Some((id, b)) = pool.free.get_mut(&size).and_then(|v| v.pop_first()) {
             return Ok(Arc::new(PooledBuffer {
                 buffer: Some(b),
                 size,
