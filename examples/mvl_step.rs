@@ -1,15 +1,21 @@
-//! Baseline benchmark (SPEC §10): one full MVL training step through the tape — minibatch
-//! gather on the GPU, MVL loss (Langevin, control variate, per-sample rescaling), its
-//! parameter gradient (double backward), the spectral-norm power iteration and RMSProp —
-//! timed in chunks of 10 steps with one wait per chunk, as the peers in `shared/bench` do.
+//! One full MVL training step (SPEC §10) — minibatch gather on the GPU, MVL loss (Langevin,
+//! control variate, per-sample rescaling), its parameter gradient (double backward), the
+//! spectral-norm power iteration and RMSProp — timed in chunks of 10 steps with one wait per
+//! chunk, as the peers in `shared/bench` do, on the fused kernels and/or the tape.
 //!
-//! cargo run --release --example mvl_step -- --config paper|small|large|all [--steps 200] [--warmup 20]
+//! cargo run --release --example mvl_step -- --config paper|small|large|all
+//!     [--path fused|tape|both] [--steps 200] [--warmup 20] [--profile]
 //!
-//! Prints: wmvl <device> tape d=<d> h=<h> B=<B> step_us=<median µs per step> loss=<last loss>
+//! Prints, per configuration and path, the SPEC §10 line
+//!     wmvl <device> <fused|tape> d=<d> h=<h> B=<B> step_us=<median µs per step> loss=<last loss>
+//! then the GPU memory the configuration holds and the launches per step; with `--profile`
+//! (and an adapter with timestamp queries) a per-kernel table of one step: µs, GFLOP/s of the
+//! layer kernels, GB/s of the others.
 
 use std::time::Instant;
 
 use wmvl::data::Toy;
+use wmvl::fused::Path;
 use wmvl::gpu::Gpu;
 use wmvl::model::{Arch, HostParams, Init, Model};
 use wmvl::optim::Rule;
@@ -22,14 +28,17 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
-fn run_config(
-    gpu: &Gpu,
+struct Run {
     d: usize,
     h: usize,
     b: usize,
     steps: usize,
     warmup: usize,
-) -> wmvl::Result<()> {
+    profile: bool,
+}
+
+fn run_config(gpu: &Gpu, r: &Run, path: Path) -> wmvl::Result<()> {
+    let (d, h, b) = (r.d, r.h, r.b);
     let n = (b * 8).max(4096);
     let data = if d == 2 {
         Toy::Banana.sample_matrix(n, 0).data
@@ -37,6 +46,7 @@ fn run_config(
         let x = wmvl::backend::RandomFill::random(gpu, n, d, Dist::STANDARD_NORMAL, 0, 1)?;
         gpu.read(&x)?
     };
+    let held_before = gpu.allocated_bytes();
     let x = gpu.upload(n, d, &data)?;
     let arch = Arch {
         hidden: vec![h, h],
@@ -50,17 +60,18 @@ fn run_config(
         lr: 4e-3,
         rule: Rule::RMSPROP_TORCH,
         verbose: false,
+        path,
         ..Default::default()
     };
     let mut tr = Trainer::new(gpu, model, x, None, cfg)?;
     let mut loss = None;
-    for _ in 0..warmup {
+    for _ in 0..r.warmup {
         loss = Some(tr.record_step()?);
     }
     gpu.sync()?;
     let chunk = 10;
     let mut times = Vec::new();
-    for _ in 0..(steps / chunk).max(1) {
+    for _ in 0..(r.steps / chunk).max(1) {
         let t = Instant::now();
         for _ in 0..chunk {
             loss = Some(tr.record_step()?);
@@ -75,11 +86,77 @@ fn run_config(
         None => f32::NAN,
     };
     let dev = gpu.report().name.replace(' ', "_");
+    let mode = if tr.is_fused() { "fused" } else { "tape" };
     println!(
-        "wmvl {dev} tape d={d} h={h} B={b} step_us={:.1} loss={last:.4}",
+        "wmvl {dev} {mode} d={d} h={h} B={b} step_us={:.1} loss={last:.4}",
         med * 1e6
     );
+    let launches = match tr.fused_launches_per_step() {
+        Some(k) => k,
+        None => {
+            tr.record_step()?;
+            let k = gpu.pending_dispatches();
+            gpu.sync()?;
+            k
+        }
+    };
+    println!(
+        "    GPU memory held: {:.1} MiB (data, model, optimiser, workspace); {launches} launches per step",
+        (gpu.allocated_bytes() - held_before) as f64 / (1 << 20) as f64
+    );
+    if r.profile {
+        profile(gpu, &mut tr, d, h, b)?;
+    }
     Ok(())
+}
+
+/// Per-kernel GPU time of one step (each kernel in its own timed pass), averaged over 5 steps.
+fn profile(gpu: &Gpu, tr: &mut Trainer<'_>, d: usize, h: usize, b: usize) -> wmvl::Result<()> {
+    let mut rows: Vec<(String, f64)> = Vec::new();
+    let reps = 5;
+    for _ in 0..reps {
+        tr.record_step()?;
+        let Some(p) = gpu.flush_profiled()? else {
+            println!("    (no timestamp queries on this adapter: no profile)");
+            return Ok(());
+        };
+        if rows.is_empty() {
+            rows = p.iter().map(|(l, _)| (l.clone(), 0.0)).collect();
+        }
+        for (row, (_, s)) in rows.iter_mut().zip(&p) {
+            row.1 += s / reps as f64;
+        }
+    }
+    let total: f64 = rows.iter().map(|r| r.1).sum();
+    println!("    profile of one step (GPU time, each kernel in its own pass):");
+    for (label, s) in &rows {
+        println!(
+            "    {label:<18} {:>9.1} µs  {}",
+            s * 1e6,
+            throughput(label, *s, d, h, b)
+        );
+    }
+    println!("    {:<18} {:>9.1} µs", "total", total * 1e6);
+    Ok(())
+}
+
+/// GFLOP/s of a fused layer kernel (its matmul), from its label and the configuration.
+fn throughput(label: &str, s: f64, d: usize, h: usize, b: usize) -> String {
+    let mut parts = label.split(' ');
+    let (Some(kind), Some(l)) = (
+        parts.next(),
+        parts.next().and_then(|l| l.parse::<usize>().ok()),
+    ) else {
+        return String::new();
+    };
+    // Layer l maps width n_{l−1} to n_l: n₀ = d, hidden = h, n₃ = d.
+    let width = |i: usize| if i == 0 || i == 3 { d } else { h };
+    let (fi, fo) = (width(l - 1), width(l));
+    let flops = match kind {
+        "grad" => 2.0 * (3 * b) as f64 * (fi + 1) as f64 * fo as f64,
+        _ => 2.0 * b as f64 * fi as f64 * fo as f64,
+    };
+    format!("{:>7.2} GFLOP/s", flops / s / 1e9)
 }
 
 fn main() -> std::process::ExitCode {
@@ -91,6 +168,16 @@ fn main() -> std::process::ExitCode {
     let warmup: usize = arg(&args, "--warmup")
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
+    let profile = args.iter().any(|a| a == "--profile");
+    let paths = match arg(&args, "--path").as_deref().unwrap_or("both") {
+        "fused" => vec![Path::Fused],
+        "tape" => vec![Path::Tape],
+        "both" => vec![Path::Fused, Path::Tape],
+        other => {
+            eprintln!("mvl_step: unknown --path {other:?}; use fused, tape or both");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let configs: Vec<(usize, usize, usize)> = match config.as_str() {
         "paper" => vec![(2, 100, 200)],
         "small" => vec![(8, 256, 128)],
@@ -102,9 +189,17 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = Gpu::new().and_then(|gpu| {
-        configs
-            .iter()
-            .try_for_each(|&(d, h, b)| run_config(&gpu, d, h, b, steps, warmup))
+        configs.iter().try_for_each(|&(d, h, b)| {
+            let r = Run {
+                d,
+                h,
+                b,
+                steps,
+                warmup,
+                profile,
+            };
+            paths.iter().try_for_each(|&p| run_config(&gpu, &r, p))
+        })
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

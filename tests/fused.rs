@@ -232,6 +232,11 @@ fn cases() -> Vec<(&'static str, Problem, Config)> {
             problem(4, 8, &[33, 10], Fun::Softplus, false, 64),
             cfg(1e-2, true, true, 1e-3),
         ),
+        (
+            "swish sn, d = 8, 130 rows",
+            problem(6, 8, &[40, 72], Fun::Swish, true, 130),
+            cfg(1e-2, true, true, 0.0),
+        ),
     ]
 }
 
@@ -545,5 +550,63 @@ fn unsupported_and_oversized_are_refused() -> Result<()> {
         g.allocated_bytes() <= before + (1 << 20),
         "allocated before refusing"
     );
+    Ok(())
+}
+
+/// Every matmul core covers every output of every shape it is chosen for, once per chunk of
+/// K: a kernel whose operands are all ones must write K-chunk sizes everywhere (a grid
+/// that disagreed with a core's workgroup shape once left half the rows of d = 8 layers
+/// unwritten).
+#[test]
+fn matmul_cores_cover_every_output() -> Result<()> {
+    use wmvl::fused::core::Core;
+    let g = gpu();
+    let layer = "
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+override B: u32 = 1u;
+fn load_a(i: u32, k: u32) -> f32 { return 1.0; }
+fn load_b(k: u32, j: u32) -> f32 { return 1.0; }
+fn store(i: u32, j: u32, v: f32) { out[(chunk * M + i) * N + j] = out[(chunk * M + i) * N + j] + v; }
+";
+    let layout = g.custom_layout(&[false]);
+    let shapes: [(usize, usize, usize); 8] = [
+        (1, 1, 1),
+        (130, 8, 3),
+        (200, 2, 100),
+        (513, 8, 5),
+        (37, 100, 70),
+        (101, 100, 600),
+        (64, 65, 9),
+        (9, 300, 17),
+    ];
+    for subgroup in [g.subgroup_core(), None] {
+        for &(m, n, k) in &shapes {
+            for kc in [k, k.div_ceil(3).max(1)] {
+                let chunks = k.div_ceil(kc);
+                let (core, groups) = Core::choose(m, n, chunks, subgroup);
+                let src = format!("{layer}\n{}", core.source());
+                let module = g.custom_module("cover", &src)?;
+                let constants = [
+                    ("M", m as f64),
+                    ("N", n as f64),
+                    ("K", k as f64),
+                    ("KC", kc as f64),
+                ];
+                let kernel = g.custom_kernel(&layout, &module, "cover", "main", &constants)?;
+                let out = g.full(chunks, m * n, 0.0)?;
+                let bind = g.custom_bindings(&layout, &[&out])?;
+                g.launch_custom(&kernel, &bind, &[], groups)?;
+                let got = g.read(&out)?;
+                for c in 0..chunks {
+                    let want = (kc.min(k - c * kc)) as f32;
+                    let bad = got[c * m * n..(c + 1) * m * n]
+                        .iter()
+                        .filter(|&&v| v != want)
+                        .count();
+                    assert_eq!(bad, 0, "{core:?} on {m}x{n}, K {k} in chunks of {kc}: {bad} outputs of chunk {c} not {want}");
+                }
+            }
+        }
+    }
     Ok(())
 }

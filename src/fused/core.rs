@@ -15,8 +15,13 @@ use std::fmt::Write;
 /// A core and its block shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Core {
-    /// [`direct`]: rb × cb per invocation.
-    Direct { rb: usize, cb: usize },
+    /// [`direct`]: rb × cb per invocation, workgroups of wx × wy invocations.
+    Direct {
+        rb: usize,
+        cb: usize,
+        wx: usize,
+        wy: usize,
+    },
     /// [`subgroup`]: (s·rb) × (s·cb) per subgroup.
     Subgroup { s: usize, rb: usize, cb: usize },
 }
@@ -38,11 +43,21 @@ impl Core {
                 )
             }
             _ if n <= 8 => (
-                Core::Direct { rb: 8, cb: n },
+                Core::Direct {
+                    rb: 8,
+                    cb: n,
+                    wx: 1,
+                    wy: 64,
+                },
                 [1, m.div_ceil(8).div_ceil(64) as u32, z],
             ),
             _ => (
-                Core::Direct { rb: 8, cb: 8 },
+                Core::Direct {
+                    rb: 8,
+                    cb: 8,
+                    wx: 8,
+                    wy: 8,
+                },
                 [
                     n.div_ceil(8).div_ceil(8) as u32,
                     m.div_ceil(8).div_ceil(8) as u32,
@@ -55,16 +70,15 @@ impl Core {
     /// The WGSL of this core.
     pub fn source(self) -> String {
         match self {
-            Core::Direct { rb, cb } => direct(rb, cb),
+            Core::Direct { rb, cb, wx, wy } => direct(rb, cb, wx, wy),
             Core::Subgroup { s, rb, cb } => subgroup(s, rb, cb),
         }
     }
 }
 
-/// WGSL of the core with an rb × cb block per invocation (workgroups of 8 × 8 invocations,
-/// or 1 × 64 for blocks narrower than 8 columns).
-pub fn direct(rb: usize, cb: usize) -> String {
-    let (wx, wy) = if cb < 8 { (1, 64) } else { (8, 8) };
+/// WGSL of the core with an rb × cb block per invocation and wx × wy invocations per
+/// workgroup (x over column blocks, y over row blocks).
+pub fn direct(rb: usize, cb: usize, wx: usize, wy: usize) -> String {
     let mut s = String::new();
     let w = &mut s;
     let _ = writeln!(

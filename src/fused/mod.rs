@@ -53,7 +53,8 @@
 //! The tape path (`objective::estimate`) computes the same loss and gradient; the tests hold
 //! both to each other and to the f64 reference.
 
-mod core;
+#[doc(hidden)]
+pub mod core;
 mod plan;
 
 use core::Core;
