@@ -1,5 +1,7 @@
 // C (rows × cols) = op(A) · op(B), op = transpose when flagged.
 // a_cols, b_cols: storage widths of A and B; u0 = K (inner size); u1 = transpose A; u2 = transpose B.
+// u3 = K chunk: workgroup z sums k in [z·u3, min(K, (z+1)·u3)) and writes its partial product
+// at output rows z·rows.. (the caller adds the chunks).
 // 64×64 output tile per workgroup of 16×16 threads, each thread a 4×4 block; K in steps of 16.
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
@@ -12,16 +14,16 @@ const BK: u32 = 16u;
 var<workgroup> As: array<vec4<f32>, 256>; // [BK][BM/4]: 4 consecutive rows of op(A)
 var<workgroup> Bs: array<vec4<f32>, 256>; // [BK][BN/4]: 4 consecutive columns of op(B)
 
-// op(A)[i, k], zero outside.
-fn load_a(i: u32, k: u32) -> f32 {
-    if (i >= p.rows || k >= p.u0) { return 0.0; }
+// op(A)[i, k], zero outside (k_end: the end of this workgroup's chunk of K).
+fn load_a(i: u32, k: u32, k_end: u32) -> f32 {
+    if (i >= p.rows || k >= k_end) { return 0.0; }
     if (p.u1 == 1u) { return a[k * p.a_cols + i]; }
     return a[i * p.a_cols + k];
 }
 
 // op(B)[k, j], zero outside.
-fn load_b(k: u32, j: u32) -> f32 {
-    if (k >= p.u0 || j >= p.cols) { return 0.0; }
+fn load_b(k: u32, j: u32, k_end: u32) -> f32 {
+    if (k >= k_end || j >= p.cols) { return 0.0; }
     if (p.u2 == 1u) { return b[j * p.b_cols + k]; }
     return b[k * p.b_cols + j];
 }
@@ -38,17 +40,19 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
     var c2 = vec4<f32>(0.0);
     var c3 = vec4<f32>(0.0);
 
-    for (var k0 = 0u; k0 < p.u0; k0 += BK) {
+    let k_begin = wid.z * p.u3;
+    let k_end = min(p.u0, k_begin + p.u3);
+    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
         // 256 threads stage 1024 elements of each operand; neighbouring threads read
         // neighbouring addresses of the untransposed storage (coalesced).
         for (var l = 0u; l < 4u; l++) {
             let e = tid + l * 256u;
             var ii: u32; var ka: u32;
             if (p.u1 == 1u) { ii = e % BM; ka = e / BM; } else { ka = e % BK; ii = e / BK; }
-            As[ka * 16u + ii / 4u][ii % 4u] = load_a(row0 + ii, k0 + ka);
+            As[ka * 16u + ii / 4u][ii % 4u] = load_a(row0 + ii, k0 + ka, k_end);
             var jj: u32; var kb: u32;
             if (p.u2 == 1u) { kb = e % BK; jj = e / BK; } else { jj = e % BN; kb = e / BN; }
-            Bs[kb * 16u + jj / 4u][jj % 4u] = load_b(k0 + kb, col0 + jj);
+            Bs[kb * 16u + jj / 4u][jj % 4u] = load_b(k0 + kb, col0 + jj, k_end);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
@@ -64,16 +68,17 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
 
     let r = row0 + lid.y * 4u;
     let c = col0 + lid.x * 4u;
-    store_row(r, c, c0);
-    store_row(r + 1u, c, c1);
-    store_row(r + 2u, c, c2);
-    store_row(r + 3u, c, c3);
+    let base = wid.z * p.rows * p.cols;
+    store_row(base, r, c, c0);
+    store_row(base, r + 1u, c, c1);
+    store_row(base, r + 2u, c, c2);
+    store_row(base, r + 3u, c, c3);
 }
 
-fn store_row(r: u32, c: u32, v: vec4<f32>) {
+fn store_row(base: u32, r: u32, c: u32, v: vec4<f32>) {
     if (r >= p.rows) { return; }
     for (var j = 0u; j < 4u; j++) {
-        if (c + j < p.cols) { out[r * p.cols + c + j] = v[j]; }
+        if (c + j < p.cols) { out[base + r * p.cols + c + j] = v[j]; }
     }
 }
 
@@ -85,6 +90,9 @@ fn store_row(r: u32, c: u32, v: vec4<f32>) {
 // edge are clamped (computed twice, never stored).
 @compute @workgroup_size(8, 8)
 fn matmul_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let k_begin = gid.z * p.u3;
+    let k_end = min(p.u0, k_begin + p.u3);
+    let base = gid.z * p.rows * p.cols;
     let r = gid.y * 4u;
     let c = gid.x * 8u;
     if (r >= p.rows || c >= p.cols) { return; }
@@ -115,7 +123,7 @@ fn matmul_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
     var d1 = vec4<f32>(0.0);
     var d2 = vec4<f32>(0.0);
     var d3 = vec4<f32>(0.0);
-    for (var k = 0u; k < p.u0; k++) {
+    for (var k = k_begin; k < k_end; k++) {
         let ka = k * ak;
         let kb = k * bk;
         let av = vec4<f32>(a[a0 + ka], a[a1 + ka], a[a2 + ka], a[a3 + ka]);
@@ -130,12 +138,12 @@ fn matmul_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
         d2 += av.z * bw;
         d3 += av.w * bw;
     }
-    store_row(r, c, c0);
-    store_row(r + 1u, c, c1);
-    store_row(r + 2u, c, c2);
-    store_row(r + 3u, c, c3);
-    store_row(r, c + 4u, d0);
-    store_row(r + 1u, c + 4u, d1);
-    store_row(r + 2u, c + 4u, d2);
-    store_row(r + 3u, c + 4u, d3);
+    store_row(base, r, c, c0);
+    store_row(base, r + 1u, c, c1);
+    store_row(base, r + 2u, c, c2);
+    store_row(base, r + 3u, c, c3);
+    store_row(base, r, c + 4u, d0);
+    store_row(base, r + 1u, c + 4u, d1);
+    store_row(base, r + 2u, c + 4u, d2);
+    store_row(base, r + 3u, c + 4u, d3);
 }

@@ -1,6 +1,7 @@
 // Strided sums. Output o (of p.n) sums over j < u0 (the reduced length) the terms
-// a[o*u1 + j*u2] (code 0) or a[..]*b[..] (code 1, row-wise dot). reduce_thread: u3 = chunk,
-// rows = number of (output, chunk) pairs.
+// a[o*u1 + j*u2] (code 0) or a[..]*b[..] (code 1, row-wise dot), in chunks of u3 terms:
+// output o' (of rows = n·chunks) is the partial sum of output o = o' % n over chunk
+// q = o' / n, j in [q·u3, min(u0, (q+1)·u3)); a second pass adds the chunks.
 //   sum over rows:  n = cols, u0 = rows, u1 = 1,    u2 = cols
 //   sum over cols:  n = rows, u0 = cols, u1 = cols, u2 = 1
 //   sum of all:     n = 1,    u0 = len,  u1 = 0,    u2 = 1
@@ -14,10 +15,8 @@ fn term(o: u32, j: u32) -> f32 {
     return a[k];
 }
 
-// One thread per (output, chunk): for short reductions and for CPU drivers. Output o' writes
-// the partial sum of output o = o' % n over j in [q·u3, min(u0, (q+1)·u3)), q = o' / n, so a
-// long reduction becomes ⌈u0/u3⌉ partial rows that a second pass adds up. (llvmpipe stops any
-// loop after 65535 iterations, so chunks stay well below that.)
+// One thread per (output, chunk): for short reductions and for CPU drivers. (llvmpipe stops
+// any loop after 65535 iterations, so chunks stay well below that.)
 @compute @workgroup_size(256)
 fn reduce_thread(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let t = linear_id(gid, nwg);
@@ -32,15 +31,19 @@ fn reduce_thread(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
 
 var<workgroup> partial: array<f32, 256>;
 
-// One workgroup per output (output = workgroup_id.y * num_workgroups.x + workgroup_id.x):
-// for long reductions; a tree sum keeps rounding error at O(log n).
+// One workgroup per (output, chunk), o' = workgroup_id.y * num_workgroups.x + workgroup_id.x:
+// for long reductions on GPUs; neighbouring threads read neighbouring terms, and a tree
+// sum adds the 256 per-thread sums.
 @compute @workgroup_size(256)
 fn reduce_group(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
                 @builtin(num_workgroups) nwg: vec3<u32>) {
-    let o = wid.y * nwg.x + wid.x;
+    let t = wid.y * nwg.x + wid.x;
     var s = 0.0;
-    if (o < p.n) {
-        for (var j = lid.x; j < p.u0; j += 256u) { s += term(o, j); }
+    if (t < p.rows) {
+        let o = t % p.n;
+        let q = t / p.n;
+        let j_end = min(p.u0, (q + 1u) * p.u3);
+        for (var j = q * p.u3 + lid.x; j < j_end; j += 256u) { s += term(o, j); }
     }
     partial[lid.x] = s;
     workgroupBarrier();
@@ -48,5 +51,5 @@ fn reduce_group(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
         if (lid.x < w) { partial[lid.x] += partial[lid.x + w]; }
         workgroupBarrier();
     }
-    if (lid.x == 0u && o < p.n) { out[o] = partial[0]; }
+    if (lid.x == 0u && t < p.rows) { out[t] = partial[0]; }
 }

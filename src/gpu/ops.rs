@@ -8,6 +8,10 @@ use crate::rng::{words, Dist};
 use super::launch::{Binding, Kernel, Params};
 use super::{Gpu, Index, Tensor};
 
+/// Longest inner size a matmul kernel sums in one go (longer ones are split, see
+/// `launch_matmul`). Also below llvmpipe's cap of 65535 loop iterations.
+const MATMUL_K_CHUNK: usize = 512;
+
 impl Gpu {
     /// Workgroup grid for `threads` invocations of a 256-wide 1-D kernel (2-D when large).
     fn grid(&self, threads: usize) -> [u32; 3] {
@@ -57,45 +61,52 @@ impl Gpu {
             return self.full(shape.0, shape.1, 0.0);
         }
         let inputs = [Some(a.binding()), Some(b.binding())];
-        let params = Params {
-            n: n as u32,
-            code,
-            u: [len as u32, so as u32, sj as u32, 0],
-            ..Default::default()
-        };
-        // Few long reductions on a GPU: a workgroup each (tree sum).
-        if !self.barrier_free && len > 64 && n < 256 {
-            let out = self.empty(shape.0, shape.1)?;
-            let max = self.report.limits.max_compute_workgroups_per_dimension as usize;
-            let groups = if n <= max {
-                [n as u32, 1, 1]
-            } else {
-                [max as u32, n.div_ceil(max) as u32, 1]
-            };
-            self.record(Kernel::ReduceGroup, params, inputs, out.binding(), groups)?;
-            return Ok(out);
-        }
-        // Otherwise a thread per output, and per chunk of a long reduction: the partial sums
-        // (chunks × n) are then added up over rows.
-        let chunk = if len <= 4096 {
+        // Long sums are cut into chunks whose partial sums (chunks × n) a second pass adds up
+        // over rows: blocked summation (error O(chunk + chunks) ulp, not O(len)), and on a
+        // GPU enough workgroups to use the whole chip for a single long sum.
+        //   GPU kernels:  a 256-thread workgroup per (output, chunk of up to 16384), tree sum;
+        //                 used for few long reductions (many short ones: a thread each);
+        //   CPU drivers:  a thread per (output, chunk of up to 256), where barriers cost.
+        let group = !self.barrier_free && len > 64 && n < 256;
+        let limit = if group { 16384 } else { 256 };
+        let chunk = if len <= limit {
             len
         } else {
-            len.div_ceil(len.div_ceil(4096)).max(256)
+            len.div_ceil(len.div_ceil(limit))
         };
         let chunks = len.div_ceil(chunk);
         let partial = self.empty(chunks, n)?;
         let params = Params {
+            n: n as u32,
+            code,
             rows: (n * chunks) as u32,
             u: [len as u32, so as u32, sj as u32, chunk as u32],
-            ..params
+            ..Default::default()
         };
-        self.record(
-            Kernel::ReduceThread,
-            params,
-            inputs,
-            partial.binding(),
-            self.grid(n * chunks),
-        )?;
+        if group {
+            let max = self.report.limits.max_compute_workgroups_per_dimension as usize;
+            let outs = n * chunks;
+            let groups = if outs <= max {
+                [outs as u32, 1, 1]
+            } else {
+                [max as u32, outs.div_ceil(max) as u32, 1]
+            };
+            self.record(
+                Kernel::ReduceGroup,
+                params,
+                inputs,
+                partial.binding(),
+                groups,
+            )?;
+        } else {
+            self.record(
+                Kernel::ReduceThread,
+                params,
+                inputs,
+                partial.binding(),
+                self.grid(n * chunks),
+            )?;
+        }
         let total = if chunks == 1 {
             partial
         } else {
@@ -157,6 +168,11 @@ impl Gpu {
     }
 
     /// op(a)·op(b), op = transpose where flagged; shapes were checked by the tape.
+    ///
+    /// Inner sizes above `MATMUL_K_CHUNK` are split (workgroup z takes one chunk of K and
+    /// writes its own partial product) and the partial products added by a second pass:
+    /// blocked summation, so the error of a long product (e.g. a weight gradient summed over
+    /// a batch of thousands) grows with the chunk, not with K.
     fn launch_matmul(&self, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
         let (m, k) = if ta {
             (a.cols, a.rows)
@@ -164,32 +180,37 @@ impl Gpu {
             (a.rows, a.cols)
         };
         let n = if tb { b.rows } else { b.cols };
-        let out = self.empty(m, n)?;
         if m * n == 0 {
-            return Ok(out);
+            return self.empty(m, n);
         }
         if k == 0 {
             return self.full(m, n, 0.0);
         }
+        let chunk = if k <= MATMUL_K_CHUNK {
+            k
+        } else {
+            k.div_ceil(k.div_ceil(MATMUL_K_CHUNK))
+        };
+        let chunks = k.div_ceil(chunk);
+        let out = self.empty(chunks * m, n)?;
         let params = Params {
             n: (m * n) as u32,
             rows: m as u32,
             cols: n as u32,
             a_cols: a.cols as u32,
             b_cols: b.cols as u32,
-            u: [k as u32, ta as u32, tb as u32, 0],
+            u: [k as u32, ta as u32, tb as u32, chunk as u32],
             ..Default::default()
         };
-        // The barrier-free kernel's loop runs over all of K, which llvmpipe caps at 65535.
-        let (kernel, groups) = if self.barrier_free && k < 65536 {
+        let (kernel, groups) = if self.barrier_free {
             (
                 Kernel::MatMulDirect,
-                [n.div_ceil(64) as u32, m.div_ceil(32) as u32, 1],
+                [n.div_ceil(64) as u32, m.div_ceil(32) as u32, chunks as u32],
             )
         } else {
             (
                 Kernel::MatMul,
-                [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],
+                [n.div_ceil(64) as u32, m.div_ceil(64) as u32, chunks as u32],
             )
         };
         self.record(
@@ -199,7 +220,11 @@ impl Gpu {
             out.binding(),
             groups,
         )?;
-        Ok(out)
+        if chunks == 1 {
+            return Ok(out);
+        }
+        let sum = self.reduce(0, &out.reshaped(chunks, m * n)?, &out, Axis::Rows)?;
+        sum.reshaped(m, n)
     }
 
     /// dst ← src, recorded in stream order (no flush).
