@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Run the SPEC §10 training-step benchmark of wmvl (fused kernels and tape) and of the peers
+in one run, one after the other on the same machine, and print the timings with ratios.
+
+    python3 scripts/bench.py PEERS_DIR [--configs paper,small,large] [--steps 200]
+                             [--wmvl target/release/examples/mvl_step] [--jax-k 1,10,100]
+                             [--torch eager,graph] [--out results.md]
+
+PEERS_DIR holds peer_jax_mvl.py and peer_torch_mvl.py (e.g. ../shared/bench). JAX runs with
+JAX_DEFAULT_MATMUL_PRECISION=highest (f32 matrix products, as wmvl); a peer whose framework
+is not installed is reported as missing, not as a failure. Build wmvl's binary first:
+cargo build --release --example mvl_step (on a machine without cargo, pass --wmvl).
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+
+LINE = re.compile(
+    r"^(?P<engine>\S+) (?P<device>\S+) (?P<mode>\S+) d=(?P<d>\d+) h=(?P<h>\d+) B=(?P<b>\d+) "
+    r"step_us=(?P<us>[0-9.]+) loss=(?P<loss>\S+)"
+)
+CONFIGS = {"paper": (2, 100, 200), "small": (8, 256, 128), "large": (32, 512, 4096)}
+
+
+def run(cmd, env=None, timeout=3600):
+    """Run a command, echo its SPEC §10 lines, return them parsed (and the error if any)."""
+    print("$", " ".join(cmd), flush=True)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return [], str(e)
+    rows = []
+    for line in p.stdout.splitlines():
+        print("  " + line, flush=True)
+        m = LINE.match(line.strip())
+        if m:
+            rows.append(m.groupdict())
+    err = None
+    if p.returncode != 0:
+        tail = (p.stderr or "").strip().splitlines()[-3:]
+        err = f"exit {p.returncode}: " + " | ".join(tail)
+        print("  " + err, flush=True)
+    return rows, err
+
+
+def has_module(name):
+    return subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True).returncode == 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("peers", help="folder with peer_jax_mvl.py and peer_torch_mvl.py")
+    ap.add_argument("--configs", default="paper,small,large")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--wmvl", default="target/release/examples/mvl_step")
+    ap.add_argument("--jax-k", default="1,10,100", help="JAX: 1 = jit per step, k > 1 = lax.scan over k steps")
+    ap.add_argument("--torch", default="eager,graph", help="PyTorch modes (graph needs CUDA)")
+    ap.add_argument("--out", help="also write the table (markdown) here")
+    a = ap.parse_args()
+
+    configs = [c.strip() for c in a.configs.split(",") if c.strip()]
+    for c in configs:
+        if c not in CONFIGS:
+            sys.exit(f"unknown config {c!r}; use {', '.join(CONFIGS)}")
+    if not os.path.exists(a.wmvl):
+        sys.exit(f"{a.wmvl} not found: cargo build --release --example mvl_step (or pass --wmvl)")
+    jax_peer = os.path.join(a.peers, "peer_jax_mvl.py")
+    torch_peer = os.path.join(a.peers, "peer_torch_mvl.py")
+
+    rows, notes = [], []
+    for c in configs:
+        r, err = run([a.wmvl, "--config", c, "--path", "both", "--steps", str(a.steps)])
+        rows += r
+        if err:
+            notes.append(f"wmvl {c}: {err}")
+
+    if os.path.exists(jax_peer) and has_module("jax"):
+        env = dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION="highest")
+        r, err = run([sys.executable, jax_peer, str(a.steps), a.jax_k], env=env)
+        rows += r
+        if err:
+            notes.append(f"jax: {err}")
+    else:
+        notes.append("jax: not installed (or no peer_jax_mvl.py) — not run")
+
+    if os.path.exists(torch_peer) and has_module("torch"):
+        import_cuda = subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+            capture_output=True, text=True).stdout.strip() == "True"
+        device = "cuda" if import_cuda else "cpu"
+        modes = [m for m in a.torch.split(",") if m and (m != "graph" or import_cuda)]
+        r, err = run([sys.executable, torch_peer, device, ",".join(modes), str(a.steps)])
+        rows += r
+        if err:
+            notes.append(f"torch: {err}")
+    else:
+        notes.append("torch: not installed (or no peer_torch_mvl.py) — not run")
+
+    # Table: one row per configuration, one column per engine/mode, then ratios to fused.
+    key = lambda r: (int(r["d"]), int(r["h"]), int(r["b"]))
+    names = []
+    for r in rows:
+        n = f"{r['engine']} {r['mode']}"
+        if n not in names:
+            names.append(n)
+    out = ["| config (d, h, B) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    ratios = []
+    for c in configs:
+        cfg = CONFIGS[c]
+        got = {f"{r['engine']} {r['mode']}": float(r["us"]) for r in rows if key(r) == cfg}
+        out.append(f"| {c} {cfg} | " + " | ".join(f"{got[n]:.1f}" if n in got else "—" for n in names) + " |")
+        fused = got.get("wmvl fused")
+        if fused:
+            parts = [f"{n} / fused = {got[n] / fused:.2f}" for n in names if n in got and n != "wmvl fused"]
+            ratios.append(f"{c}: " + ", ".join(parts))
+    device = rows[0]["device"] if rows else "?"
+    text = "\n".join(
+        [f"median µs per training step (SPEC §10) on {device}; same run, one engine after the other", ""]
+        + out + ["", "ratios (> 1: the other is slower than wmvl fused):"] + ratios
+        + ([""] + ["notes:"] + notes if notes else []))
+    print()
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
