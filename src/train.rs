@@ -14,6 +14,9 @@ use crate::optim::{Optimizer, Rule};
 use crate::rng::{Dist, Rng};
 use crate::tape::Tape;
 
+/// Steps recorded per queue submission between loss readings.
+const SUBMIT_EVERY: usize = 8;
+
 /// Everything a training run needs besides the model and data.
 #[derive(Clone, Debug)]
 pub struct TrainConfig {
@@ -268,6 +271,11 @@ impl<'g> Trainer<'g> {
             let eval_now = self.cfg.eval_every > 0
                 && (done.is_multiple_of(self.cfg.eval_every) || done == total);
             if !(log_now || eval_now) {
+                // Hand the GPU what is recorded every few steps without waiting, so that it
+                // runs them while the next ones are recorded.
+                if done.is_multiple_of(SUBMIT_EVERY) {
+                    self.gpu.flush()?;
+                }
                 continue;
             }
             // The only host round trip: one number every log_every steps.

@@ -1222,3 +1222,112 @@ fn sampler_settings_are_checked() {
         );
     }
 }
+
+/// `--path fused` and `--path tape` print the same loss and write the same gradient (at
+/// ε₀ = 1e-2, where the tape's own f32 error is ~1e-5); `--path fused` for what the fused step
+/// does not implement, and an unknown path, are refused before anything is written.
+#[test]
+fn eval_and_train_paths() {
+    let t = workdir("paths");
+    let eval = |path: &str, grad: &str| {
+        wmvl(
+            &t.0,
+            &[
+                "eval",
+                "--checkpoint",
+                "model.safetensors",
+                "--data",
+                "data.npy",
+                "--noise",
+                "noise.npy",
+                "--objective",
+                "mvl",
+                "--eps",
+                "1e-2",
+                "--grad-out",
+                grad,
+                "--path",
+                path,
+            ],
+        )
+        .ok()
+    };
+    let fused = eval("fused", "gf.safetensors");
+    let tape = eval("tape", "gt.safetensors");
+    let (a, b): (f64, f64) = (
+        printed_value(&fused, "mvl").parse().unwrap(),
+        printed_value(&tape, "mvl").parse().unwrap(),
+    );
+    assert!((a - b).abs() <= 1e-4 * b.abs(), "fused {a} vs tape {b}");
+    let flat = |f: &str| -> Vec<f64> {
+        Checkpoint::load(t.path(f))
+            .unwrap()
+            .tensors
+            .iter()
+            .flat_map(|t| t.data.iter().map(|&v| v as f64).collect::<Vec<_>>())
+            .collect()
+    };
+    let (gf, gt) = (flat("gf.safetensors"), flat("gt.safetensors"));
+    let num: f64 = gf
+        .iter()
+        .zip(&gt)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt();
+    let den: f64 = gt.iter().map(|y| y * y).sum::<f64>().sqrt();
+    assert!(num / den < 1e-4, "gradients differ by {:.1e}", num / den);
+
+    // Refusals, before any output is touched.
+    fs::write(t.path("kept.safetensors"), KEEP).unwrap();
+    let kept = t.path("kept.safetensors");
+    let guarded = [kept.as_path()];
+    let run = wmvl(
+        &t.0,
+        &[
+            "eval",
+            "--checkpoint",
+            "model.safetensors",
+            "--data",
+            "data.npy",
+            "--objective",
+            "dsm",
+            "--grad-out",
+            "kept.safetensors",
+            "--path",
+            "fused",
+        ],
+    );
+    assert_fails(&run, &["mvl objective", "--path tape"], &guarded);
+    let run = wmvl(
+        &t.0,
+        &[
+            "train",
+            "--dataset",
+            "banana",
+            "--act",
+            "elu",
+            "--steps",
+            "5",
+            "--out",
+            "kept.safetensors",
+            "--path",
+            "fused",
+        ],
+    );
+    assert_fails(&run, &["elu", "--path tape"], &guarded);
+    let run = wmvl(
+        &t.0,
+        &[
+            "train",
+            "--dataset",
+            "banana",
+            "--steps",
+            "5",
+            "--out",
+            "kept.safetensors",
+            "--path",
+            "gpu",
+        ],
+    );
+    assert_fails(&run, &["unknown path", "auto, tape or fused"], &guarded);
+}
