@@ -566,6 +566,7 @@ fn matmul_cores_cover_every_output() -> Result<()> {
 override B: u32 = 1u;
 fn load_a(i: u32, k: u32) -> f32 { return 1.0; }
 fn load_b(k: u32, j: u32) -> f32 { return 1.0; }
+fn setup() {}
 fn store(i: u32, j: u32, v: f32) { out[(chunk * M + i) * N + j] = out[(chunk * M + i) * N + j] + v; }
 ";
     let layout = g.custom_layout(&[false]);

@@ -26,8 +26,12 @@ override O_OUT: u32 = 0u;     // output layer: PSI (mode 0) or DPSI (mode 1), B 
 fn load_a(i: u32, k: u32) -> f32 { return ws[IN + i * K + k]; }
 fn load_b(k: u32, j: u32) -> f32 { return theta[W_OFF + k * N + j]; }
 
+// Once per invocation, before any store: the layer's 1/σ.
+var<private> scale: f32;
+fn setup() { scale = inv_sigma(SN_SLOT); }
+
 fn store(i: u32, j: u32, v: f32) {
-    let y = v * inv_sigma(SN_SLOT);
+    let y = v * scale;
     let e = i * N + j;
     if (!HIDDEN) {
         ws[O_OUT + e] = select(y, y + theta[BIAS_OFF + j], MODE == 0u);

@@ -20,6 +20,8 @@ fn load_a(i: u32, k: u32) -> f32 {
 }
 fn load_b(k: u32, j: u32) -> f32 { return ws[RIGHT + k * N + j]; }
 
+fn setup() {}
+
 fn store(i: u32, j: u32, v: f32) {
     let at = select(W_OFF + i * N + j, BIAS_OFF + j, i == M - 1u);
     ws[PART + chunk * THETA_LEN + at] = v;

@@ -2,7 +2,8 @@
 //!
 //! Each invocation computes an RB × CB block of out[i, j] = Σ_k load_a(i, k)·load_b(k, j)
 //! (i < M, j < N, k in its chunk of K) and hands each element to store(i, j, v); the layer
-//! file (`shaders/fused/layer_*.wgsl`) defines those three functions. The block lives in
+//! file (`shaders/fused/layer_*.wgsl`) defines those three functions and setup(), which the
+//! core calls once before the first store (for values every store of the kernel shares). The block lives in
 //! named scalar registers: CPU drivers such as lavapipe keep dynamically indexed arrays in
 //! memory, which costs several times the arithmetic (measured: 1.5 vs 6 GFLOP/s). No
 //! workgroup memory or barriers, so the same code runs on every adapter.
@@ -125,6 +126,7 @@ pub fn direct(rb: usize, cb: usize, wx: usize, wy: usize) -> String {
         }
     }
     let _ = writeln!(w, "    }}");
+    let _ = writeln!(w, "    setup();");
     for r in 0..rb {
         for c in 0..cb {
             let _ = writeln!(
@@ -195,6 +197,7 @@ pub fn subgroup(s: usize, rb: usize, cb: usize) -> String {
         }
     }
     let _ = writeln!(w, "    }}");
+    let _ = writeln!(w, "    setup();");
     for q in 0..s * rb {
         for c in 0..cb {
             let _ = writeln!(
