@@ -276,7 +276,7 @@ impl<'g> FusedMvl<'g> {
             .min(limits.max_buffer_size);
         if 4 * plan.ws_len as u64 > max_binding {
             return Err(Error::OutOfMemory(format!(
-                "the fused step needs a {} MiB workspace for batch {batch} and hidden widths {:?}, more than this adapter binds at once ({} MiB); lower the batch size or use --path tape",
+                "the fused step needs a {} MiB workspace for batch {batch} and hidden widths {:?}, more than this adapter binds at once ({} MiB) (or use --path tape)",
                 (4 * plan.ws_len as u64) >> 20,
                 arch.hidden,
                 max_binding >> 20
