@@ -98,6 +98,8 @@ pub struct Trainer<'g> {
     data: Tensor,
     heldout: Option<Tensor>,
     fused: Option<Fused<'g>>,
+    /// Why a run that could have been fused runs on the tape (for the user).
+    path_note: Option<String>,
     rng: Rng,
     pub steps_done: usize,
 }
@@ -155,17 +157,25 @@ impl<'g> Trainer<'g> {
         // The optimiser's state is packed in the layout of the parameters' shapes, which is
         // what the fused step (which packs the parameters themselves) expects.
         let opt = Optimizer::new(gpu, cfg.rule, cfg.lr, &model.params())?;
+        let mut path_note = None;
         let fused = match cfg.path.use_fused(&model.arch, cfg.objective, &cfg.obj)? {
-            true => {
-                let step = FusedMvl::new(gpu, &mut model, &cfg.obj, cfg.batch, Some(&opt))?;
-                let train = step.bind(&data, None)?;
-                let heldout = heldout.as_ref().map(|h| step.bind(h, None)).transpose()?;
-                Some(Fused {
-                    step,
-                    train,
-                    heldout,
-                })
-            }
+            true => match FusedMvl::new(gpu, &mut model, &cfg.obj, cfg.batch, Some(&opt)) {
+                Ok(step) => {
+                    let train = step.bind(&data, None)?;
+                    let heldout = heldout.as_ref().map(|h| step.bind(h, None)).transpose()?;
+                    Some(Fused {
+                        step,
+                        train,
+                        heldout,
+                    })
+                }
+                // `Auto` runs on the tape what the fused step cannot hold in one binding.
+                Err(e @ Error::OutOfMemory(_)) if cfg.path == Path::Auto => {
+                    path_note = Some(format!("running on the tape: {e}"));
+                    None
+                }
+                Err(e) => return Err(e),
+            },
             false => None,
         };
         let rng = Rng::new(cfg.seed);
@@ -177,6 +187,7 @@ impl<'g> Trainer<'g> {
             data,
             heldout,
             fused,
+            path_note,
             rng,
             steps_done: 0,
         })
@@ -185,6 +196,12 @@ impl<'g> Trainer<'g> {
     /// Whether steps run on the fused kernels (else on the tape).
     pub fn is_fused(&self) -> bool {
         self.fused.is_some()
+    }
+
+    /// Why this trainer runs on the tape although the fused path applies (`Path::Auto` with a
+    /// workspace too large for the adapter), if it does.
+    pub fn path_note(&self) -> Option<&str> {
+        self.path_note.as_deref()
     }
 
     /// Kernel launches per training step (fused path), for reports.

@@ -545,7 +545,10 @@ fn unsupported_and_oversized_are_refused() -> Result<()> {
     match FusedMvl::new(g, &mut model, &Config::default(), 50_000_000, None) {
         Err(e @ Error::OutOfMemory(_)) => {
             let m = e.to_string();
-            assert!(m.contains("workspace") && m.contains("reduce the batch size"), "{m}")
+            assert!(
+                m.contains("workspace") && m.contains("reduce the batch size"),
+                "{m}"
+            )
         }
         other => panic!("a 50M-row batch was accepted: {:?}", other.map(|_| ())),
     }

@@ -366,9 +366,10 @@ fn train(args: &[String]) -> Result<(), Error> {
             .unwrap_or_default()
     );
     let mut trainer = Trainer::new(&gpu, model, x, h, cfg.clone())?;
-    match trainer.fused_launches_per_step() {
-        Some(k) => eprintln!("wmvl: fused kernels, {k} launches per step"),
-        None => eprintln!("wmvl: tape path"),
+    match (trainer.fused_launches_per_step(), trainer.path_note()) {
+        (Some(k), _) => eprintln!("wmvl: fused kernels, {k} launches per step"),
+        (None, Some(note)) => eprintln!("wmvl: {note}"),
+        (None, None) => eprintln!("wmvl: tape path"),
     }
     let result = trainer.run();
     let meta = [
@@ -489,13 +490,25 @@ fn eval(args: &[String]) -> Result<(), Error> {
     check_width(&data, &model.arch, data_path, ck_path)?;
 
     let path = wmvl::fused::Path::from_name(o.str("path").unwrap_or("auto"))?;
-    let fused = path.use_fused(&model.arch, objective, &cfg)?;
+    let mut fused = path.use_fused(&model.arch, objective, &cfg)?;
 
     // Chunks of rows, each its own tape (or launch of the fused step); the loss is the mean
     // over all rows, so each chunk's loss (a mean over its rows) is weighted by rows/n.
     let n = data.rows;
     let d = data.cols;
-    let chunk = 4096.min(n);
+    let mut chunk = 4096.min(n);
+    if fused {
+        // The fused step evaluates chunks whose workspace the adapter can bind.
+        match wmvl::fused::FusedMvl::largest_batch(&gpu, &model.arch, chunk) {
+            Some(c) => chunk = c,
+            None if path == wmvl::fused::Path::Auto => fused = false,
+            None => {
+                return Err(Error::OutOfMemory(
+                    "the fused step cannot bind the workspace of even 64 rows of this model on this adapter (or use --path tape)".into(),
+                ))
+            }
+        }
+    }
     let names = model.param_names();
     let mut grads: Vec<Vec<f64>> = model.params().iter().map(|p| vec![0.0; p.len()]).collect();
     let mut per_sample = Vec::with_capacity(n);

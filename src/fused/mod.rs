@@ -328,6 +328,40 @@ impl<'g> FusedMvl<'g> {
         Ok(fused)
     }
 
+    /// The largest batch (a power of two, at most `want`) whose workspace this adapter can
+    /// bind for a model of `arch`, or None if not even 64 rows fit.
+    pub fn largest_batch(gpu: &Gpu, arch: &crate::model::Arch, want: usize) -> Option<usize> {
+        let shapes: Vec<(usize, usize)> = arch
+            .layer_shapes()
+            .iter()
+            .flat_map(|&(fi, fo)| [(fi, fo), (1, fo)])
+            .collect();
+        let (offsets, total) = gpu.packed_layout(&shapes);
+        let limits = &gpu.report().limits;
+        let max = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let align = (limits.min_storage_buffer_offset_alignment as usize / 4).max(4);
+        let mut b = want.max(1).next_power_of_two();
+        while b >= 64 {
+            let fits = Plan::new(
+                b,
+                arch.dim,
+                &arch.hidden,
+                arch.act,
+                arch.spectral_norm,
+                (&offsets, total),
+                align,
+            )
+            .is_ok_and(|p| 4 * p.ws_len as u64 <= max);
+            if fits {
+                return Some(b.min(want));
+            }
+            b /= 2;
+        }
+        None
+    }
+
     /// Bind data (n, d) to run on, with an optional fixed noise draw of the same shape.
     pub fn bind(&self, data: &Tensor, noise: Option<&Tensor>) -> Result<FusedData> {
         let (n, d) = data.shape();
