@@ -9,10 +9,6 @@
 //                                            ρa·f′(z) + ż·δa·f″(z), P ← c₁Δδz + (c₁+c₀)δz + ρ
 // K = n_l, N = n_{l−1}, M = B.
 
-override MODE: u32 = 0u;
-override IN: u32 = 0u;        // input stream (B × K)
-override W_OFF: u32 = 0u;     // W_l in theta (N × K, row-major)
-override SN_SLOT: u32 = NONE;
 override HIDDEN: bool = true; // target layer m = l − 1 ≥ 1 (else the input, width D)
 override O_Z: u32 = 0u;
 override O_DA: u32 = 0u;
@@ -27,12 +23,7 @@ override O_C1: u32 = 0u;
 override O_PSI: u32 = 0u;     // input target: ψ (mode 0) or Δψ (mode 1)
 override O_OUT: u32 = 0u;     // input target: G (mode 0) or DG (mode 1)
 
-fn load_a(i: u32, k: u32) -> f32 { return ws[IN + i * K + k]; }
 fn load_b(k: u32, j: u32) -> f32 { return theta[W_OFF + j * K + k]; }
-
-// Once per invocation, before any store: the layer's 1/σ.
-var<private> scale: f32;
-fn setup() { scale = inv_sigma(SN_SLOT); }
 
 fn store(i: u32, j: u32, v: f32) {
     let y = v * scale;

@@ -6,11 +6,7 @@
 //                                 Q ← c₁Δa + ȧ, R ← c₁Δa   (left factors of the ∂W sum)
 // K = n_{l−1}, N = n_l, M = B.
 
-override MODE: u32 = 0u;
-override IN: u32 = 0u;        // input stream (B × K)
-override W_OFF: u32 = 0u;     // W_l in theta (K × N, row-major)
 override BIAS_OFF: u32 = 0u;  // b_l in theta
-override SN_SLOT: u32 = NONE; // σ_l in sn
 override HIDDEN: bool = true; // layer l < L (else the output layer ψ)
 override O_Z: u32 = 0u;
 override O_A: u32 = 0u;
@@ -23,12 +19,7 @@ override O_R: u32 = 0u;
 override O_C1: u32 = 0u;      // per-sample c₁ (B)
 override O_OUT: u32 = 0u;     // output layer: PSI (mode 0) or DPSI (mode 1), B × D
 
-fn load_a(i: u32, k: u32) -> f32 { return ws[IN + i * K + k]; }
 fn load_b(k: u32, j: u32) -> f32 { return theta[W_OFF + k * N + j]; }
-
-// Once per invocation, before any store: the layer's 1/σ.
-var<private> scale: f32;
-fn setup() { scale = inv_sigma(SN_SLOT); }
 
 fn store(i: u32, j: u32, v: f32) {
     let y = v * scale;

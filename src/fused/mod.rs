@@ -203,6 +203,33 @@ struct Step {
     pad1: [u32; 2],
 }
 
+/// The plan of a step for `arch` with batches of `batch` rows on this adapter.
+fn plan_for(
+    gpu: &Gpu,
+    arch: &crate::model::Arch,
+    batch: usize,
+    theta: (&[usize], usize),
+) -> Result<Plan> {
+    let align = (gpu.report().limits.min_storage_buffer_offset_alignment as usize / 4).max(4);
+    Plan::new(
+        batch,
+        arch.dim,
+        &arch.hidden,
+        arch.act,
+        arch.spectral_norm,
+        theta,
+        align,
+    )
+}
+
+/// Largest storage buffer the adapter binds at once, in bytes.
+fn max_binding(gpu: &Gpu) -> u64 {
+    let limits = &gpu.report().limits;
+    limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size)
+}
+
 /// Make the model's parameters one packed buffer (W₁, b₁, W₂, … at [`Gpu::packed_layout`]
 /// offsets from element 0), copying them there if they are not; returns the whole buffer.
 fn pack_params(gpu: &Gpu, model: &mut Model<&Gpu>) -> Result<(Tensor, Vec<usize>, usize)> {
@@ -260,20 +287,8 @@ impl<'g> FusedMvl<'g> {
             return Err(Error::Invalid("the batch size must be positive".into()));
         }
         let (theta, offsets, total) = pack_params(gpu, model)?;
-        let limits = &gpu.report().limits;
-        let align = (limits.min_storage_buffer_offset_alignment as usize / 4).max(4);
-        let plan = Plan::new(
-            batch,
-            arch.dim,
-            &arch.hidden,
-            arch.act,
-            arch.spectral_norm,
-            (&offsets, total),
-            align,
-        )?;
-        let max_binding = limits
-            .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size);
+        let plan = plan_for(gpu, &arch, batch, (&offsets, total))?;
+        let max_binding = max_binding(gpu);
         if 4 * plan.ws_len as u64 > max_binding {
             return Err(Error::OutOfMemory(format!(
                 "the fused step needs a {} MiB workspace for batch {batch} and hidden widths {:?}, more than this adapter binds at once ({} MiB) (or use --path tape)",
@@ -337,23 +352,11 @@ impl<'g> FusedMvl<'g> {
             .flat_map(|&(fi, fo)| [(fi, fo), (1, fo)])
             .collect();
         let (offsets, total) = gpu.packed_layout(&shapes);
-        let limits = &gpu.report().limits;
-        let max = limits
-            .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size);
-        let align = (limits.min_storage_buffer_offset_alignment as usize / 4).max(4);
+        let max = max_binding(gpu);
         let mut b = want.max(1).next_power_of_two();
         while b >= 64 {
-            let fits = Plan::new(
-                b,
-                arch.dim,
-                &arch.hidden,
-                arch.act,
-                arch.spectral_norm,
-                (&offsets, total),
-                align,
-            )
-            .is_ok_and(|p| 4 * p.ws_len as u64 <= max);
+            let fits =
+                plan_for(gpu, arch, b, (&offsets, total)).is_ok_and(|p| 4 * p.ws_len as u64 <= max);
             if fits {
                 return Some(b.min(want));
             }
@@ -626,11 +629,17 @@ fn module(gpu: &Gpu, source: Source, core: Option<Core>) -> Result<Arc<wgpu::Sha
     let (file, body) = match source {
         Source::Forward => (
             "layer_forward",
-            include_str!("../../shaders/fused/layer_forward.wgsl"),
+            concat!(
+                include_str!("../../shaders/fused/layer_common.wgsl"),
+                include_str!("../../shaders/fused/layer_forward.wgsl")
+            ),
         ),
         Source::Backward => (
             "layer_backward",
-            include_str!("../../shaders/fused/layer_backward.wgsl"),
+            concat!(
+                include_str!("../../shaders/fused/layer_common.wgsl"),
+                include_str!("../../shaders/fused/layer_backward.wgsl")
+            ),
         ),
         Source::Grad => (
             "layer_grad",
