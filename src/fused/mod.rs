@@ -34,8 +34,10 @@
 //!
 //! | kernel            | computes                                                       |
 //! |-------------------|----------------------------------------------------------------|
-//! | power_iteration   | v, u, σ of every normalised layer (SPEC §7)                     |
-//! | rows_input        | minibatch rows x₀ (Philox draw or given rows), noise z          |
+//! | power_iteration   | v, u, σ of every normalised layer (SPEC §7); evaluating:        |
+//! |   / sigma_stored  | v, σ from the stored u                                          |
+//! | rows_input_*      | minibatch rows x₀ (Philox draw or given rows), noise z (Philox  |
+//! |                   | or given)                                                       |
 //! | forward l = 1..L  | z_l, a_l; ψ                                                     |
 //! | backward l = L..1 | δa, δz (cotangent x₀ on ψ); g = ψ + δa₀                         |
 //! | rows_step         | εᵢ, ξ = √(2εᵢ)z, Δx = −(εᵢ/2)g + ξ, E₀                          |
@@ -48,7 +50,8 @@
 //! | rows_dots         | per-sample ⟨∂W̃, W⟩/σ terms (spectral norm only)                 |
 //! | sums              | loss (mean + regulariser), ⟨∂W̃, W⟩ per normalised layer         |
 //! | grad l = 1..L     | the gradient sums, in chunks of rows                            |
-//! | update            | chunks added, chain rule through σ, gradient kept, optimiser     |
+//! | update_train      | chunks added, chain rule through σ, gradient kept, optimiser    |
+//! |   / update_grad   | (evaluating: no optimiser)                                      |
 //!
 //! The tape path (`objective::estimate`) computes the same loss and gradient; the tests hold
 //! both to each other and to the f64 reference.
