@@ -813,6 +813,32 @@ fn concurrent_use_from_threads() {
     });
 }
 
+/// op(A)·op(B) of random (m × k)·(k × n) operands on `g`, for every transpose, against f64.
+fn check_matmul_all_transposes(g: &Gpu, r: &mut Pcg64, m: usize, k: usize, n: usize, what: &str) {
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let (ar, ac) = if ta { (k, m) } else { (m, k) };
+        let (br, bc) = if tb { (n, k) } else { (k, n) };
+        let da = random_vec(r, ar * ac, -1.0, 1.0);
+        let db = random_vec(r, br * bc, -1.0, 1.0);
+        let ga = g.upload(ar, ac, &da).unwrap();
+        let gb = g.upload(br, bc, &db).unwrap();
+        let got = g.read(&g.matmul(&ga, &gb, ta, tb).unwrap()).unwrap();
+        let want = Cpu
+            .matmul(
+                &Mat::from_f32(ar, ac, &da).unwrap(),
+                &Mat::from_f32(br, bc, &db).unwrap(),
+                ta,
+                tb,
+            )
+            .unwrap();
+        let e = rel_err(&got, &want.data);
+        assert!(
+            e < MATMUL_TOL,
+            "{what} matmul {m}x{k}x{n} ta={ta} tb={tb}: {e:.3e}"
+        );
+    }
+}
+
 /// The kernel family the default device does *not* use (tiled with workgroup barriers on
 /// GPUs, barrier-free on CPU drivers), so that both code paths are tested on every machine.
 fn other_gpu() -> &'static Gpu {
@@ -836,28 +862,7 @@ fn other_kernel_family_matches_cpu() {
         (65, 17, 63),
         (129, 33, 66),
     ] {
-        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-            let (ar, ac) = if ta { (k, m) } else { (m, k) };
-            let (br, bc) = if tb { (n, k) } else { (k, n) };
-            let da = random_vec(&mut r, ar * ac, -1.0, 1.0);
-            let db = random_vec(&mut r, br * bc, -1.0, 1.0);
-            let ga = g2.upload(ar, ac, &da).unwrap();
-            let gb = g2.upload(br, bc, &db).unwrap();
-            let got = g2.read(&g2.matmul(&ga, &gb, ta, tb).unwrap()).unwrap();
-            let want = Cpu
-                .matmul(
-                    &Mat::from_f32(ar, ac, &da).unwrap(),
-                    &Mat::from_f32(br, bc, &db).unwrap(),
-                    ta,
-                    tb,
-                )
-                .unwrap();
-            let e = rel_err(&got, &want.data);
-            assert!(
-                e < MATMUL_TOL,
-                "other family matmul {m}x{k}x{n} ta={ta} tb={tb}: {e:.3e}"
-            );
-        }
+        check_matmul_all_transposes(g2, &mut r, m, k, n, "other family");
     }
     // Reductions take the workgroup-tree path only on the GPU family: long, few outputs.
     for &(rows, cols) in &[(1000, 3), (3, 1000), (300, 130), (70, 1)] {
@@ -956,28 +961,7 @@ fn chunked_matmul_matches_cpu() {
     let mut r = rng(78);
     for g in [gpu(), other_gpu()] {
         for &(m, k, n) in &[(3, 1300, 7), (66, 1025, 65)] {
-            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-                let (ar, ac) = if ta { (k, m) } else { (m, k) };
-                let (br, bc) = if tb { (n, k) } else { (k, n) };
-                let da = random_vec(&mut r, ar * ac, -1.0, 1.0);
-                let db = random_vec(&mut r, br * bc, -1.0, 1.0);
-                let ga = g.upload(ar, ac, &da).unwrap();
-                let gb = g.upload(br, bc, &db).unwrap();
-                let got = g.read(&g.matmul(&ga, &gb, ta, tb).unwrap()).unwrap();
-                let want = Cpu
-                    .matmul(
-                        &Mat::from_f32(ar, ac, &da).unwrap(),
-                        &Mat::from_f32(br, bc, &db).unwrap(),
-                        ta,
-                        tb,
-                    )
-                    .unwrap();
-                let e = rel_err(&got, &want.data);
-                assert!(
-                    e < MATMUL_TOL,
-                    "matmul {m}x{k}x{n} ta={ta} tb={tb}: {e:.3e}"
-                );
-            }
+            check_matmul_all_transposes(g, &mut r, m, k, n, "chunked");
         }
     }
 }
