@@ -556,6 +556,87 @@ fn unsupported_and_oversized_are_refused() -> Result<()> {
         g.allocated_bytes() <= before + (1 << 20),
         "allocated before refusing"
     );
+
+    // Training runs such a batch in sub-batches that fit; evaluation finds a chunk that fits.
+    let model = Model::from_host(Arch::paper(2), &hp, |r, c, d| g.upload(r, c, d))?;
+    let cfg = TrainConfig {
+        batch: 50_000_000,
+        verbose: false,
+        ..Default::default()
+    };
+    let t = Trainer::new(g, model, data.clone(), None, cfg)?;
+    assert!(t.is_fused());
+    let big = FusedMvl::largest_batch(g, &Arch::paper(2), 50_000_000).expect("some batch fits");
+    assert!((64..50_000_000).contains(&big) && big.is_power_of_two());
+    assert_eq!(
+        t.fused_launches_per_step(),
+        Some(27 + (50_000_000usize.div_ceil(big) - 1) * 25),
+        "sub-batches of {big} rows: the spectral norm and the update once, the rest per sub-batch"
+    );
+    let mut model = Model::from_host(Arch::paper(2), &hp, |r, c, d| g.upload(r, c, d))?;
+    assert!(FusedMvl::new(g, &mut model, &Config::default(), big, None).is_ok());
+    assert_eq!(FusedMvl::largest_batch(g, &Arch::paper(2), 100), Some(100));
+
+    // `Auto` runs on the tape (and says why) what not even 64 rows of fit.
+    let wide = Arch {
+        hidden: vec![1 << 20],
+        ..Arch::paper(2)
+    };
+    assert_eq!(FusedMvl::largest_batch(g, &wide, 1000), None);
+    let hp = HostParams::init(&wide, Init::Glorot, 0)?;
+    let model = Model::from_host(wide, &hp, |r, c, d| g.upload(r, c, d))?;
+    let cfg = TrainConfig {
+        batch: 100,
+        verbose: false,
+        ..Default::default()
+    };
+    let t = Trainer::new(g, model, data.clone(), None, cfg)?;
+    assert!(!t.is_fused());
+    assert!(
+        t.path_note().is_some_and(|m| m.contains("workspace")),
+        "{:?}",
+        t.path_note()
+    );
+    Ok(())
+}
+
+/// A minibatch processed in sub-batches (the workspace of one sub-batch, the same draws,
+/// sums added across sub-batches, one update) gives the one-batch step: loss, parameters and
+/// spectral-norm vectors after two steps.
+#[test]
+fn sub_batches_give_the_whole_batch_step() -> Result<()> {
+    let g = gpu();
+    let x = g.upload(1000, 2, &Toy::Banana.sample_matrix(1000, 5).data)?;
+    let arch = Arch {
+        hidden: vec![24, 24],
+        ..Arch::paper(2)
+    };
+    let hp = HostParams::init(&arch, Init::Glorot, 3)?;
+    let c = cfg(1e-2, true, true, 1e-3);
+    let mut out = Vec::new();
+    for sub in [100, 32] {
+        let mut model = Model::from_host(arch.clone(), &hp, |r, cols, d| g.upload(r, cols, d))?;
+        let mut opt = wmvl::optim::Optimizer::new(g, Rule::RMSPROP_TF, 4e-3, &model.params())?;
+        let f = FusedMvl::with_sub_batch(g, &mut model, &c, 100, sub, Some(&opt))?;
+        assert_eq!(f.sub_batch(), sub);
+        let data = f.bind(&x, None)?;
+        let mut losses = Vec::new();
+        for s in 0..2 {
+            f.record_step(&data, &mut model, &mut opt, (1, 2 * s + 1), (1, 2 * s + 2))?;
+            losses.push(read(g, &f.loss()?)[0]);
+        }
+        out.push((losses, params(g, &model)));
+    }
+    let (whole, parts) = (&out[0], &out[1]);
+    for (a, b) in whole.0.iter().zip(&parts.0) {
+        assert!(rel1(*b, *a) < 1e-5, "loss {b} in sub-batches vs {a}");
+    }
+    let e = rel(&parts.1, &whole.1);
+    println!(
+        "sub-batches of 32 vs one batch of 100: losses {:?} vs {:?}, parameters {e:.1e}",
+        parts.0, whole.0
+    );
+    assert!(e < 1e-6, "parameters differ by {e}");
     Ok(())
 }
 

@@ -4,7 +4,8 @@
 // where the left block (3B × n_{l−1}) and right block (3B × n_l) are contiguous streams. Row
 // n_{l−1} of the output is the bias: its left factor is 1 on the P rows and 0 elsewhere.
 // K = 3B is split into chunks (KC rows, workgroup z): each writes its partial sums at
-// PART + chunk·THETA_LEN in theta's layout; the update kernel adds the chunks up.
+// PART + chunk·THETA_LEN in theta's layout (adding to them for a minibatch processed in
+// several sub-batches); the update kernel adds the chunks up.
 // M = n_{l−1} + 1, N = n_l.
 
 override LEFT: u32 = 0u;
@@ -23,6 +24,8 @@ fn load_b(k: u32, j: u32) -> f32 { return ws[RIGHT + k * N + j]; }
 fn setup() {}
 
 fn store(i: u32, j: u32, v: f32) {
-    let at = select(W_OFF + i * N + j, BIAS_OFF + j, i == M - 1u);
-    ws[PART + chunk * THETA_LEN + at] = v;
+    let at = PART + chunk * THETA_LEN + select(W_OFF + i * N + j, BIAS_OFF + j, i == M - 1u);
+    // Sub-batches after the first add to the partial sums (select, not a branch: lavapipe
+    // recompiles shaders that branch on a uniform that changes).
+    ws[at] = select(0.0, ws[at], st.acc == 1u) + v;
 }

@@ -11,17 +11,18 @@ struct Step {
     idx_words: vec4<u32>,   // Philox words of this step's minibatch-row draw
     noise_words: vec4<u32>, // Philox words of this step's standard-normal draw
     data_rows: u32,         // rows of `data` the minibatch is drawn from
-    row0: u32,              // with given rows: the batch is rows row0.. of `data` (and `given`)
-    rows: u32,              // live rows of the batch (≤ B; the rest are padding)
-    pad0: u32,
+    row0: u32,              // first row of this launch: in the drawn minibatch (a training
+                            // step in sub-batches), or in `data` (evaluation)
+    rows: u32,              // live rows of this launch (≤ B; the rest are padding)
+    total: u32,             // rows of the whole minibatch: the loss is their mean
     lr: f32,                // optimiser parameters, as shaders/optim.wgsl: f0..f3
     rho: f32,
     opt_eps: f32,
     f3: f32,
     bc1: f32,               // Adam bias corrections
     bc2: f32,
-    pad1: u32,
-    pad2: u32,
+    acc: u32,               // 1: add to the sums of earlier sub-batches; 0: start them
+    pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> st: Step;

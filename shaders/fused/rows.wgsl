@@ -48,13 +48,16 @@ fn input(i: u32, given_rows: bool, given_noise: bool) {
     if (i >= B) { return; }
     let live = i < st.rows;
     var r = 0u;
-    if (given_rows) { r = st.row0 + i; } else { r = philox_index(i, st.idx_words, st.data_rows); }
+    // Row i of this launch is row row0 + i of a drawn minibatch (its index and its noise are
+    // those elements of the draws), or row row0 + i of the data (with a per-launch noise draw).
+    var e = st.row0 + i;
+    if (given_rows) { r = st.row0 + i; e = i; } else { r = philox_index(e, st.idx_words, st.data_rows); }
     for (var c = 0u; c < D; c++) {
         var x = 0.0;
         var z = 0.0;
         if (live) {
             x = data[r * D + c];
-            if (given_noise) { z = given[r * D + c]; } else { z = philox_normal(i * D + c, st.noise_words); }
+            if (given_noise) { z = given[r * D + c]; } else { z = philox_normal(e * D + c, st.noise_words); }
         }
         ws[O_X0 + i * D + c] = x;
         ws[O_X0L + i * D + c] = x;
@@ -114,7 +117,7 @@ fn rows_diff(@builtin(global_invocation_id) gid: vec3<u32>) {
     let e1 = e0 + de;
     let ediff = select(de, de - cv, CV);
     let live = select(0.0, 1.0, i < rows());
-    let inv_b = 1.0 / f32(rows());
+    let inv_b = 1.0 / f32(st.total);
     ws[O_E1 + i] = e1;
     ws[O_LOSS + i] = -ediff / eps * live;
     ws[O_C1 + i] = (-1.0 / eps + 2.0 * REG * e1) * inv_b * live;
@@ -131,7 +134,7 @@ fn rows_adj(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c0 = ws[O_C0 + i];
     let c1 = ws[O_C1 + i];
     let live = select(0.0, 1.0, i < rows());
-    let cv_w = select(0.0, live / (f32(rows()) * eps), CV);
+    let cv_w = select(0.0, live / (f32(st.total) * eps), CV);
     for (var c = 0u; c < D; c++) {
         let e = i * D + c;
         let g1 = ws[O_G + e] + ws[O_DG + e];
@@ -188,20 +191,24 @@ fn blocked_sum(base: u32, n: u32, square: bool) -> f32 {
 }
 
 // Thread 0: the loss (mean + regulariser) and the mean energies; thread m: ⟨∂W̃_m, W_m⟩.
+// Over the whole minibatch: a sub-batch after the first (st.acc = 1) adds its part.
 @compute @workgroup_size(64)
 fn sums(@builtin(global_invocation_id) gid: vec3<u32>) {
     let q = gid.x;
     let n = rows();
+    let t = f32(st.total);
+    let keep = st.acc == 1u;
     if (q == 0u) {
-        let mean = blocked_sum(O_LOSS, n, false) / f32(n);
+        let mean = blocked_sum(O_LOSS, n, false) / t;
         var reg = 0.0;
-        if (REG > 0.0) { reg = REG * (blocked_sum(O_E1, n, true) + blocked_sum(O_E0, n, true)) / f32(n); }
-        ws[O_OUT] = mean + reg;
-        ws[O_OUT + 1u] = blocked_sum(O_E0, n, false) / f32(n);
-        ws[O_OUT + 2u] = blocked_sum(O_E1, n, false) / f32(n);
+        if (REG > 0.0) { reg = REG * (blocked_sum(O_E1, n, true) + blocked_sum(O_E0, n, true)) / t; }
+        ws[O_OUT] = select(0.0, ws[O_OUT], keep) + mean + reg;
+        ws[O_OUT + 1u] = select(0.0, ws[O_OUT + 1u], keep) + blocked_sum(O_E0, n, false) / t;
+        ws[O_OUT + 2u] = select(0.0, ws[O_OUT + 2u], keep) + blocked_sum(O_E1, n, false) / t;
     } else if (q <= NSN) {
         let sigma = sn[layer_info(q, 4u)];
-        sn[layer_info(q, 7u)] = sigma * blocked_sum(O_DOTS + (q - 1u) * B, B, false);
+        let slot = layer_info(q, 7u);
+        sn[slot] = select(0.0, sn[slot], keep) + sigma * blocked_sum(O_DOTS + (q - 1u) * B, B, false);
     }
 }
 

@@ -62,7 +62,7 @@ mod plan;
 
 use core::Core;
 pub use plan::Plan;
-use plan::{KernelSpec, Mode, Source, Specialise};
+use plan::{KernelSpec, Mode, Phase, Source, Specialise};
 
 use std::sync::Arc;
 
@@ -163,6 +163,8 @@ impl Path {
 pub struct FusedMvl<'g> {
     gpu: &'g Gpu,
     plan: Plan,
+    /// Rows of a training minibatch (a multiple of the plan's rows or not).
+    batch: usize,
     /// The launches of a step in each mode (pipelines shared between the lists).
     train: Launches,
     eval: Launches,
@@ -189,7 +191,7 @@ impl FusedData {
     }
 }
 
-type Launches = Vec<(Arc<CustomKernel>, [u32; 3])>;
+type Launches = Vec<(Arc<CustomKernel>, [u32; 3], Phase)>;
 
 /// The per-step parameter block (`struct Step` in shaders/fused/prelude.wgsl).
 #[repr(C)]
@@ -200,10 +202,11 @@ struct Step {
     data_rows: u32,
     row0: u32,
     rows: u32,
-    pad0: u32,
+    total: u32,
     opt: [f32; 4],
     bc: [f32; 2],
-    pad1: [u32; 2],
+    acc: u32,
+    pad: u32,
 }
 
 /// The plan of a step for `arch` with batches of `batch` rows on this adapter.
@@ -265,15 +268,34 @@ fn pack_params(gpu: &Gpu, model: &mut Model<&Gpu>) -> Result<(Tensor, Vec<usize>
 }
 
 impl<'g> FusedMvl<'g> {
-    /// Build the step for `model` with batches of at most `batch` rows. With `opt` (whose
-    /// state must belong to the model's parameters) [`FusedMvl::record_step`] trains; without,
-    /// only [`FusedMvl::record_eval`] is available. Packs the model's parameters into one
-    /// buffer if they are not already.
+    /// Build the step for `model` with batches of `batch` rows. With `opt` (whose state must
+    /// belong to the model's parameters) [`FusedMvl::record_step`] trains; without, only
+    /// [`FusedMvl::record_eval`] is available (chunks of at most `batch` rows). Packs the
+    /// model's parameters into one buffer if they are not already. A training minibatch
+    /// whose workspace the adapter cannot bind at once runs in sub-batches (the largest
+    /// power of two that fits).
     pub fn new(
         gpu: &'g Gpu,
         model: &mut Model<&'g Gpu>,
         cfg: &objective::Config,
         batch: usize,
+        opt: Option<&Optimizer>,
+    ) -> Result<FusedMvl<'g>> {
+        let sub = match (opt, Self::largest_batch(gpu, &model.arch, batch)) {
+            (Some(_), Some(sub)) => sub,
+            _ => batch,
+        };
+        Self::with_sub_batch(gpu, model, cfg, batch, sub, opt)
+    }
+
+    /// [`FusedMvl::new`] with training minibatches processed in sub-batches of `sub` rows
+    /// (the same draws, loss and gradient; less memory, more launches).
+    pub fn with_sub_batch(
+        gpu: &'g Gpu,
+        model: &mut Model<&'g Gpu>,
+        cfg: &objective::Config,
+        batch: usize,
+        sub: usize,
         opt: Option<&Optimizer>,
     ) -> Result<FusedMvl<'g>> {
         let arch = model.arch.clone();
@@ -286,15 +308,17 @@ impl<'g> FusedMvl<'g> {
                 cfg.eps
             )));
         }
-        if batch == 0 {
-            return Err(Error::Invalid("the batch size must be positive".into()));
+        if batch == 0 || sub == 0 || sub > batch {
+            return Err(Error::Invalid(format!(
+                "batch {batch} in sub-batches of {sub}: both must be positive, the sub-batch at most the batch"
+            )));
         }
         let (theta, offsets, total) = pack_params(gpu, model)?;
-        let plan = plan_for(gpu, &arch, batch, (&offsets, total))?;
+        let plan = plan_for(gpu, &arch, sub, (&offsets, total))?;
         let max_binding = max_binding(gpu);
         if 4 * plan.ws_len as u64 > max_binding {
             return Err(Error::OutOfMemory(format!(
-                "the fused step needs a {} MiB workspace for batch {batch} and hidden widths {:?}, more than this adapter binds at once ({} MiB) (or use --path tape)",
+                "the fused step needs a {} MiB workspace for (sub-)batches of {sub} rows and hidden widths {:?}, more than this adapter binds at once ({} MiB) (or use --path tape)",
                 (4 * plan.ws_len as u64) >> 20,
                 arch.hidden,
                 max_binding >> 20
@@ -332,6 +356,7 @@ impl<'g> FusedMvl<'g> {
         let fused = FusedMvl {
             gpu,
             plan,
+            batch,
             train,
             eval,
             eval_given_noise,
@@ -415,9 +440,16 @@ impl<'g> FusedMvl<'g> {
         &self.plan
     }
 
-    /// Kernel launches per training step.
+    /// Kernel launches per training step (more when the minibatch runs in sub-batches).
     pub fn launches_per_step(&self) -> usize {
-        self.train.len()
+        let subs = self.batch.div_ceil(self.plan.b);
+        let body = self.train.iter().filter(|k| k.2 == Phase::Body).count();
+        self.train.len() + (subs - 1) * body
+    }
+
+    /// Rows per sub-batch: the whole minibatch, unless its workspace would not fit.
+    pub fn sub_batch(&self) -> usize {
+        self.plan.b
     }
 
     /// Make the model's spectral-norm vectors live in the step's buffer (copying them there
@@ -458,10 +490,19 @@ impl<'g> FusedMvl<'g> {
         self.attach_sn(model)
     }
 
-    fn launch(&self, launches: &Launches, data: &FusedData, step: &Step) -> Result<()> {
+    /// Record the kernels of `launches` in `phases` with parameter block `step`.
+    fn launch(
+        &self,
+        launches: &Launches,
+        phases: &[Phase],
+        data: &FusedData,
+        step: &Step,
+    ) -> Result<()> {
         let words: &[u32] = bytemuck::cast_slice(std::slice::from_ref(step));
-        for (k, groups) in launches {
-            self.gpu.launch_custom(k, &data.bindings, words, *groups)?;
+        for (k, groups, phase) in launches {
+            if phases.contains(phase) {
+                self.gpu.launch_custom(k, &data.bindings, words, *groups)?;
+            }
         }
         Ok(())
     }
@@ -485,19 +526,25 @@ impl<'g> FusedMvl<'g> {
         self.check_model(model)?;
         opt.t += 1;
         let (_, f, bc) = opt.rule.kernel_args(opt.lr, opt.t);
-        self.launch(
-            &self.train,
-            data,
-            &Step {
-                idx_words: words(rows_draw.0, rows_draw.1),
-                noise_words: words(noise_draw.0, noise_draw.1),
-                data_rows: data.rows as u32,
-                rows: self.plan.b as u32,
-                opt: f,
-                bc,
-                ..Default::default()
-            },
-        )
+        let mut step = Step {
+            idx_words: words(rows_draw.0, rows_draw.1),
+            noise_words: words(noise_draw.0, noise_draw.1),
+            data_rows: data.rows as u32,
+            total: self.batch as u32,
+            opt: f,
+            bc,
+            ..Default::default()
+        };
+        // A minibatch larger than the workspace holds runs in sub-batches of the plan's size:
+        // rows row0.. of the same draw, their sums added up, one update after them.
+        self.launch(&self.train, &[Phase::Head], data, &step)?;
+        for (s, row0) in (0..self.batch).step_by(self.plan.b).enumerate() {
+            step.row0 = row0 as u32;
+            step.rows = self.plan.b.min(self.batch - row0) as u32;
+            step.acc = (s > 0) as u32;
+            self.launch(&self.train, &[Phase::Body], data, &step)?;
+        }
+        self.launch(&self.train, &[Phase::Tail], data, &step)
     }
 
     /// Record the loss and gradient of rows `row0 .. row0 + rows` of the bound data (rows ≤
@@ -528,12 +575,14 @@ impl<'g> FusedMvl<'g> {
         };
         self.launch(
             launches,
+            &[Phase::Head, Phase::Body, Phase::Tail],
             data,
             &Step {
                 noise_words: words(noise_draw.0, noise_draw.1),
                 data_rows: data.rows as u32,
                 row0: row0 as u32,
                 rows: rows as u32,
+                total: rows as u32,
                 ..Default::default()
             },
         )
@@ -586,7 +635,7 @@ impl Built {
     ) -> Result<Launches> {
         specs
             .iter()
-            .map(|s| Ok((self.kernel(gpu, layout, s)?, s.groups)))
+            .map(|s| Ok((self.kernel(gpu, layout, s)?, s.groups, s.phase)))
             .collect()
     }
 

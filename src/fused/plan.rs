@@ -24,10 +24,20 @@ pub enum Source {
     Rows,
 }
 
+/// When a kernel runs in a step whose minibatch is processed in several sub-batches: once
+/// before them (the spectral norm), once per sub-batch, or once after them (the update).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Head,
+    Body,
+    Tail,
+}
+
 /// One kernel launch of a step.
 #[derive(Clone, Debug)]
 pub struct KernelSpec {
     pub label: String,
+    pub phase: Phase,
     pub source: Source,
     pub entry: &'static str,
     pub constants: Vec<(&'static str, f64)>,
@@ -381,8 +391,14 @@ impl Plan {
     }
 
     fn rows_kernel(&self, s: &Specialise, entry: &'static str, groups: [u32; 3]) -> KernelSpec {
+        let phase = match entry {
+            "power_iteration" | "sigma_stored" => Phase::Head,
+            "update_train" | "update_grad" => Phase::Tail,
+            _ => Phase::Body,
+        };
         KernelSpec {
             label: entry.to_string(),
+            phase,
             source: Source::Rows,
             entry,
             constants: self.rows_constants(s),
@@ -442,6 +458,7 @@ impl Plan {
         let (core, groups) = Self::matmul(s, self.b, n, 1);
         KernelSpec {
             label: format!("{name} {l}"),
+            phase: Phase::Body,
             source: Source::Forward,
             entry: "main",
             constants: c,
@@ -504,6 +521,7 @@ impl Plan {
         let (core, groups) = Self::matmul(s, self.b, n, 1);
         KernelSpec {
             label: format!("{name} {l}"),
+            phase: Phase::Body,
             source: Source::Backward,
             entry: "main",
             constants: c,
@@ -540,6 +558,7 @@ impl Plan {
         let (core, groups) = Self::matmul(s, fi + 1, fo, self.chunks);
         KernelSpec {
             label: format!("grad {l}"),
+            phase: Phase::Body,
             source: Source::Grad,
             entry: "main",
             constants: c,
