@@ -209,7 +209,9 @@ impl<'g> Trainer<'g> {
         self.fused.as_ref().map(|f| f.step.launches_per_step())
     }
 
-    /// Record one training step (nothing is waited for); returns the loss tensor (1, 1).
+    /// Record one training step (nothing is waited for); returns the loss tensor (1, 1). On the
+    /// fused path it is a window of the step's workspace: read it before recording the next
+    /// step (or copy it).
     pub fn record_step(&mut self) -> Result<Tensor> {
         if let Some(f) = &self.fused {
             // The same two draws as the tape path: minibatch rows, then noise.

@@ -39,8 +39,6 @@ const META_STRIDE: u32 = 16u;
 
 fn layer_info(l: u32, field: u32) -> u32 { return bitcast<u32>(sn[META + (l - 1u) * META_STRIDE + field]); }
 
-fn rows() -> u32 { return st.rows; }
-
 // Minibatch rows (a Philox draw, or rows row0.. of the data) and the noise draw. Three entry
 // points with the choices as literals: lavapipe recompiles a shader whenever a uniform it
 // branches on changes, so modes are pipelines, not flags.
@@ -116,7 +114,7 @@ fn rows_diff(@builtin(global_invocation_id) gid: vec3<u32>) {
     let e0 = ws[O_E0 + i];
     let e1 = e0 + de;
     let ediff = select(de, de - cv, CV);
-    let live = select(0.0, 1.0, i < rows());
+    let live = select(0.0, 1.0, i < st.rows);
     let inv_b = 1.0 / f32(st.total);
     ws[O_E1 + i] = e1;
     ws[O_LOSS + i] = -ediff / eps * live;
@@ -133,7 +131,7 @@ fn rows_adj(@builtin(global_invocation_id) gid: vec3<u32>) {
     let eps = ws[O_EPS + i];
     let c0 = ws[O_C0 + i];
     let c1 = ws[O_C1 + i];
-    let live = select(0.0, 1.0, i < rows());
+    let live = select(0.0, 1.0, i < st.rows);
     let cv_w = select(0.0, live / (f32(st.total) * eps), CV);
     for (var c = 0u; c < D; c++) {
         let e = i * D + c;
@@ -195,7 +193,7 @@ fn blocked_sum(base: u32, n: u32, square: bool) -> f32 {
 @compute @workgroup_size(64)
 fn sums(@builtin(global_invocation_id) gid: vec3<u32>) {
     let q = gid.x;
-    let n = rows();
+    let n = st.rows;
     let t = f32(st.total);
     let keep = st.acc == 1u;
     if (q == 0u) {

@@ -518,7 +518,7 @@ impl<'g> FusedMvl<'g> {
         rows_draw: (u64, u64),
         noise_draw: (u64, u64),
     ) -> Result<()> {
-        if opt.packed_state().0.buf_id() != self.s1.buf_id() {
+        if !opt.packed_state().0.shares_buffer(&self.s1) {
             return Err(Error::Invalid(
                 "this fused step was built without (or for another) optimiser".into(),
             ));

@@ -3,7 +3,7 @@
 //! Buffers come in power-of-two size classes and go back to the pool when the last tensor
 //! using them is dropped, so a training loop allocates nothing after its first step. A
 //! tensor is a (rows, cols) window at some offset of a buffer: usually a buffer of its own,
-//! but several tensors can share one (see [`super::Gpu::upload_packed`]), which is how model
+//! but several tensors can share one (see [`super::Gpu::packed_layout`]), which is how model
 //! parameters live in one buffer that fused kernels bind once.
 
 use std::collections::HashMap;
@@ -82,10 +82,6 @@ impl Tensor {
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-    /// Identity of the underlying buffer (equal for windows of one buffer).
-    pub(crate) fn buf_id(&self) -> u64 {
-        self.buf.id
     }
     /// Whether both tensors are windows of the same GPU buffer.
     pub fn shares_buffer(&self, other: &Tensor) -> bool {
@@ -251,30 +247,6 @@ impl Gpu {
             at = (at + r * c).next_multiple_of(align);
         }
         (offsets, at)
-    }
-
-    /// Several tensors in one buffer (see [`Gpu::packed_layout`]); each is a window that
-    /// every op accepts. Values are checked as by [`Gpu::upload`].
-    pub fn upload_packed(&self, parts: &[(usize, usize, &[f32])]) -> Result<Vec<Tensor>> {
-        let shapes: Vec<(usize, usize)> = parts.iter().map(|&(r, c, _)| (r, c)).collect();
-        let (offsets, total) = self.packed_layout(&shapes);
-        let mut host = vec![0.0f32; total.max(1)];
-        for (&(r, c, data), &at) in parts.iter().zip(&offsets) {
-            check_host(r, c, data)?;
-            host[at..at + r * c].copy_from_slice(data);
-        }
-        let buf = self.alloc(4 * host.len() as u64)?;
-        self.write(&buf, 0, bytemuck::cast_slice(&host))?;
-        Ok(shapes
-            .iter()
-            .zip(&offsets)
-            .map(|(&(rows, cols), &at)| Tensor {
-                buf: buf.clone(),
-                offset: 4 * at as u64,
-                rows,
-                cols,
-            })
-            .collect())
     }
 
     /// Copy host data into a new tensor. Rejects NaN/Inf and wrong lengths.
