@@ -31,6 +31,7 @@ pub mod objective;
 pub mod ops;
 pub mod optim;
 pub mod plot;
+pub mod progress;
 pub mod rng;
 pub mod sample;
 pub mod selfcheck;
