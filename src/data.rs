@@ -29,12 +29,17 @@
 //!
 //! # Files
 //!
-//! [`load_npy`] reads 2-D little-endian f32/f64 C-order `.npy` arrays (format versions
-//! 1.0, 2.0 and 3.0), [`load_csv`] reads comma-separated numbers with an optional header
-//! row, [`load_data`] picks one by the file extension, and [`save_npy`] writes a v1.0
-//! `<f4` file atomically. Every loader returns an f32 [`Matrix`], rejects empty data,
-//! NaN/±Inf values and f64 values too large for f32, and names the file and the
-//! position of the problem in its error.
+//! [`load_npy`] reads 2-D `.npy` arrays of any real dtype (float16/32/64, 1- to 8-byte
+//! integers, bool), byte order and memory order (C or Fortran; format versions 1.0, 2.0
+//! and 3.0), [`load_csv`] reads comma-separated numbers with an optional header row, and
+//! [`load_data`] picks one by the file extension. Every loader returns an f32 [`Matrix`],
+//! rejects empty data, NaN/±Inf values, values too large for f32 and integers beyond
+//! ±2²⁴ (which f32 cannot hold exactly), and names the file and the position of the
+//! problem in its error.
+//!
+//! [`save_npy`] writes a v1.0 `<f4` file atomically; [`NpyWriter`] writes the same file
+//! row block by row block in bounded memory, for outputs larger than memory, and replaces
+//! an existing file only once every row has been written.
 
 use crate::error::{Error, Result};
 use rand_core::{RngCore, SeedableRng};
@@ -473,7 +478,7 @@ pub fn load_data(path: impl AsRef<Path>) -> Result<Matrix> {
         Some("npy") => load_npy(path),
         Some("csv") => load_csv(path),
         _ => Err(Error::Invalid(format!(
-            "{}: unsupported data file type; use a .npy (2-D f32/f64 array) or .csv file",
+            "{}: unsupported data file type; use a .npy (2-D numeric array) or .csv file",
             path.display()
         ))),
     }
@@ -507,15 +512,28 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))
 }
 
-/// Loads a 2-D `.npy` array of little-endian f32 (`<f4`) or f64 (`<f8`) in C order,
-/// format version 1.0, 2.0 or 3.0, into an f32 [`Matrix`] (f64 values are rounded to
-/// the nearest f32).
+/// Loads a 2-D `.npy` array (format version 1.0, 2.0 or 3.0) into an f32 [`Matrix`],
+/// converting its values on load.
+///
+/// Accepted dtypes: float16/32/64 (`f2`, `f4`, `f8`), signed and unsigned integers of 1,
+/// 2, 4 or 8 bytes (`i1` … `i8`, `u1` … `u8`) and bool (`b1`, read as 0 and 1), in any
+/// byte order: little-endian `<`, big-endian `>`, and native `=` or not-applicable `|`
+/// (both read in this machine's order, as NumPy does). C order and `fortran_order: True`
+/// (column-major, transposed on load) are both read; the result is always row-major.
+///
+/// Values: f64 is rounded to the nearest f32; f16 and every integer up to 2²⁴ in
+/// magnitude convert exactly. Integers beyond ±2²⁴ (16 777 216) are **refused**, not
+/// rounded: f32 cannot hold them exactly, and silently rounded counts or ids would corrupt
+/// the data unnoticed; convert the array to floating point first (`arr.astype('<f4')`) if
+/// the rounding is acceptable.
 ///
 /// Errors ([`Error::Io`] if the file cannot be read, [`Error::Invalid`] otherwise, each
-/// naming the file): bad magic, unknown version, malformed header, a dtype other than
-/// `<f4`/`<f8`, `fortran_order: True`, a shape that is not 2-D, zero rows or columns,
-/// truncated or trailing data, a NaN/±Inf value or an f64 value too large for f32
-/// (naming its row and column, counting from 1).
+/// naming the file): bad magic, unknown version, malformed header, a dtype not listed
+/// above (complex, string, object, structured, datetime… — the message names it and lists
+/// the accepted ones), a shape that is not 2-D (a 1-D array is refused; reshape it to
+/// (n, 1) or (1, n)), zero rows or columns, truncated or trailing data, and a NaN/±Inf
+/// value, an f64 value too large for f32 or an integer beyond ±2²⁴ (naming its row and
+/// column, counting from 1).
 pub fn load_npy(path: impl AsRef<Path>) -> Result<Matrix> {
     let path = path.as_ref();
     let bytes = read_file(path)?;
@@ -559,30 +577,28 @@ pub fn load_npy(path: impl AsRef<Path>) -> Result<Matrix> {
     let h = parse_npy_header(header)
         .map_err(|m| bad(format!("{m} in header {:?}", header.trim_end())))?;
 
-    let itemsize = match h.descr.as_str() {
-        "<f4" => 4,
-        "<f8" => 8,
-        d if d == ">f4" || d == ">f8" => {
-            return Err(bad(format!(
-                "dtype '{d}' is big-endian; save little-endian f32 or f64 (e.g. arr.astype('<f4'))"
-            )))
-        }
-        d => {
-            return Err(bad(format!(
-                "dtype '{d}' is not supported; use little-endian float32 ('<f4') or float64 ('<f8')"
-            )))
-        }
-    };
-    if h.fortran_order {
-        return Err(bad(
-            "fortran_order is True; save a C-order array (np.ascontiguousarray)".into(),
-        ));
-    }
+    let dtype = NpyDtype::parse(&h.descr).map_err(|why| {
+        Error::Invalid(format!(
+            "{}: unsupported .npy dtype {}: {why}; {NPY_ACCEPTED}",
+            path.display(),
+            if h.descr.starts_with('[') {
+                h.descr.clone()
+            } else {
+                format!("'{}'", h.descr)
+            }
+        ))
+    })?;
     if h.shape.len() != 2 {
         return Err(bad(format!(
-            "array is {}-D with shape {:?}; expected a 2-D array (rows, columns)",
+            "array is {}-D with shape {:?}; expected a 2-D array (rows, columns){}",
             h.shape.len(),
-            h.shape
+            h.shape,
+            if h.shape.len() == 1 {
+                " — reshape it to (n, 1) for n one-dimensional points (arr.reshape(-1, 1)), \
+                 or to (1, n) for one n-dimensional point"
+            } else {
+                ""
+            }
         )));
     }
     let (rows, cols) = (h.shape[0], h.shape[1]);
@@ -592,6 +608,7 @@ pub fn load_npy(path: impl AsRef<Path>) -> Result<Matrix> {
             path.display()
         )));
     }
+    let itemsize = dtype.size;
     let count = rows
         .checked_mul(cols)
         .ok_or_else(|| bad(format!("shape ({rows}, {cols}) is too large")))?;
@@ -601,8 +618,7 @@ pub fn load_npy(path: impl AsRef<Path>) -> Result<Matrix> {
     let have = bytes.len() - data_start;
     if have < need {
         return Err(bad(format!(
-            "truncated data: shape ({rows}, {cols}) of {}-byte values needs {need} bytes, the file has {have}",
-            itemsize
+            "truncated data: shape ({rows}, {cols}) of {itemsize}-byte values needs {need} bytes, the file has {have}"
         )));
     }
     if have > need {
@@ -613,24 +629,161 @@ pub fn load_npy(path: impl AsRef<Path>) -> Result<Matrix> {
     }
     let body = &bytes[data_start..];
     let mut data = Vec::with_capacity(count);
-    for (k, chunk) in body.chunks_exact(itemsize).enumerate() {
-        let v = if itemsize == 4 {
-            f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) as f64
-        } else {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(chunk);
-            f64::from_le_bytes(b)
-        };
-        let at = || {
-            format!(
-                "row {} column {} (counting from 1)",
-                k / cols + 1,
-                k % cols + 1
-            )
-        };
-        data.push(checked_f32(v, path, at)?);
+    for i in 0..rows {
+        for j in 0..cols {
+            // Fortran order stores column after column: element (i, j) is at j·rows + i.
+            let k = if h.fortran_order {
+                j * rows + i
+            } else {
+                i * cols + j
+            };
+            let at = || format!("row {} column {} (counting from 1)", i + 1, j + 1);
+            let v = match dtype.read(&body[k * itemsize..(k + 1) * itemsize]) {
+                NpyValue::Float(v) => checked_f32(v, path, at)?,
+                NpyValue::Int(v) => {
+                    if v.unsigned_abs() > MAX_EXACT_INT {
+                        return Err(Error::Invalid(format!(
+                            "{}: {} holds the integer {v}, beyond ±2^24 = {MAX_EXACT_INT}, \
+                             where f32 stops representing every integer exactly; wmvl refuses \
+                             to round it silently: convert the array to floating point first \
+                             (arr.astype('<f4')) if rounding is acceptable, or rescale it",
+                            path.display(),
+                            at()
+                        )));
+                    }
+                    v as f32
+                }
+            };
+            data.push(v);
+        }
     }
     Ok(Matrix { rows, cols, data })
+}
+
+/// The largest integer magnitude below which f32 represents every integer exactly (2²⁴).
+const MAX_EXACT_INT: u128 = 1 << 24;
+
+/// The dtypes [`load_npy`] reads, for its error messages.
+const NPY_ACCEPTED: &str = "accepted dtypes are float16/32/64 ('f2', 'f4', 'f8'), signed and \
+     unsigned integers of 1, 2, 4 or 8 bytes ('i1', 'i2', 'i4', 'i8', 'u1', 'u2', 'u4', 'u8') \
+     and bool ('b1'), in any byte order ('<', '>', '=', '|'); convert the array first, e.g. \
+     arr.astype('<f4')";
+
+/// A real `.npy` element type: kind, size in bytes, byte order.
+#[derive(Clone, Copy, Debug)]
+struct NpyDtype {
+    kind: NpyKind,
+    size: usize,
+    big_endian: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum NpyKind {
+    Float,
+    Int,
+    Uint,
+    Bool,
+}
+
+/// One element, before the range checks of the f32 conversion.
+enum NpyValue {
+    Float(f64),
+    Int(i128),
+}
+
+impl NpyDtype {
+    /// Parses a `descr` such as `<f4`, `>i8`, `|u1`, `|b1`; the error says why it is
+    /// refused (a structured dtype's descr is a list, `[(...), ...]`).
+    fn parse(descr: &str) -> std::result::Result<NpyDtype, String> {
+        if descr.starts_with('[') {
+            return Err("a structured (record) dtype; wmvl reads plain numeric arrays".into());
+        }
+        let mut chars = descr.chars();
+        let (order, rest) = match chars.next() {
+            Some(c @ ('<' | '>' | '=' | '|')) => (c, chars.as_str()),
+            // NumPy always writes the byte order; a bare type is read as native.
+            _ => ('=', descr),
+        };
+        let mut chars = rest.chars();
+        let kind_char = chars.next().ok_or("an empty type")?;
+        let size_text = chars.as_str();
+        let what = match kind_char {
+            'f' => "floating point",
+            'i' => "signed integer",
+            'u' => "unsigned integer",
+            'b' | '?' => "bool",
+            'c' => {
+                return Err(
+                    "a complex dtype; wmvl reads real numbers only (save the real and \
+                     imaginary parts as separate columns: np.column_stack([arr.real, arr.imag]))"
+                        .into(),
+                )
+            }
+            'U' => return Err("a unicode string dtype".into()),
+            'S' | 'a' => return Err("a byte string dtype".into()),
+            'O' => return Err("a Python object dtype".into()),
+            'V' => return Err("a raw or structured (void) dtype".into()),
+            'M' => return Err("a datetime dtype".into()),
+            'm' => return Err("a timedelta dtype".into()),
+            _ => return Err("an unknown type code".into()),
+        };
+        let size: usize = size_text
+            .parse()
+            .map_err(|_| format!("a {what} type with an unreadable size '{size_text}'"))?;
+        let kind = match (kind_char, size) {
+            ('f', 2 | 4 | 8) => NpyKind::Float,
+            ('i', 1 | 2 | 4 | 8) => NpyKind::Int,
+            ('u', 1 | 2 | 4 | 8) => NpyKind::Uint,
+            ('b' | '?', 1) => NpyKind::Bool,
+            _ => return Err(format!("a {size}-byte {what} type")),
+        };
+        let big_endian = match order {
+            '>' => true,
+            '<' => false,
+            // '=' (native) and '|' (not applicable): this machine's order, as NumPy reads them.
+            _ => cfg!(target_endian = "big"),
+        };
+        Ok(NpyDtype {
+            kind,
+            size,
+            big_endian,
+        })
+    }
+
+    /// The element stored in `b` (`self.size` bytes).
+    fn read(self, b: &[u8]) -> NpyValue {
+        let mut le = [0u8; 8];
+        le[..self.size].copy_from_slice(b);
+        if self.big_endian {
+            le[..self.size].reverse();
+        }
+        let u = u64::from_le_bytes(le);
+        match (self.kind, self.size) {
+            (NpyKind::Float, 2) => NpyValue::Float(f16_to_f64(u as u16)),
+            (NpyKind::Float, 4) => NpyValue::Float(f32::from_bits(u as u32) as f64),
+            (NpyKind::Float, _) => NpyValue::Float(f64::from_bits(u)),
+            (NpyKind::Int, n) => {
+                // Sign-extend the n-byte two's complement value.
+                let shift = 64 - 8 * n as u32;
+                NpyValue::Int((((u << shift) as i64) >> shift) as i128)
+            }
+            (NpyKind::Uint, _) => NpyValue::Int(u as i128),
+            (NpyKind::Bool, _) => NpyValue::Int((u != 0) as i128),
+        }
+    }
+}
+
+/// IEEE 754 binary16 → f64 (exact: every half value is an f64).
+fn f16_to_f64(h: u16) -> f64 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exp = i32::from((h >> 10) & 0x1f);
+    let man = f64::from(h & 0x3ff);
+    sign * match exp {
+        0 => man * 2f64.powi(-24), // zero and subnormals
+        31 if man == 0.0 => f64::INFINITY,
+        31 => f64::NAN,
+        e => (1024.0 + man) * 2f64.powi(e - 25),
+    }
 }
 
 /// The fields of an `.npy` header that matter here.
@@ -661,6 +814,8 @@ fn parse_npy_header(text: &str) -> std::result::Result<NpyHeader, String> {
         p.expect(b':')?;
         p.ws();
         match key.as_str() {
+            // A structured dtype's descr is a list; keep its text for the error message.
+            "descr" if p.s.get(p.i) == Some(&b'[') => descr = Some(p.list_text()?),
             "descr" => descr = Some(p.string()?),
             "fortran_order" => fortran = Some(p.boolean()?),
             "shape" => shape = Some(p.tuple()?),
@@ -728,6 +883,28 @@ impl Lit<'_> {
         let out = String::from_utf8_lossy(&self.s[start..self.i]).into_owned();
         self.i += 1;
         Ok(out)
+    }
+    /// The text of a bracketed list, brackets included (quoted brackets do not count).
+    fn list_text(&mut self) -> std::result::Result<String, String> {
+        let start = self.i;
+        let (mut depth, mut quote) = (0usize, None);
+        while let Some(&c) = self.s.get(self.i) {
+            self.i += 1;
+            match (quote, c) {
+                (Some(q), _) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, b'\'' | b'"') => quote = Some(c),
+                (None, b'[') => depth += 1,
+                (None, b']') => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Ok(String::from_utf8_lossy(&self.s[start..self.i]).into_owned());
+                    }
+                }
+                _ => {}
+            }
+        }
+        Err("unterminated list".into())
     }
     fn boolean(&mut self) -> std::result::Result<bool, String> {
         let rest = &self.s[self.i..];
@@ -872,7 +1049,11 @@ pub fn load_csv(path: impl AsRef<Path>) -> Result<Matrix> {
 }
 
 /// Writes `data` (row-major, `rows × cols`) as a version 1.0 `.npy` file of
-/// little-endian f32 (`<f4`) in C order.
+/// little-endian f32 (`<f4`) in C order: an [`NpyWriter`] with a single push.
+///
+/// `data.len()` must be `rows * cols` (else [`Error::Shape`]) and every value finite
+/// (else [`Error::Invalid`] naming its row and column, counting from 1), since
+/// [`load_npy`] would refuse the file.
 ///
 /// Atomic: the bytes go to a temporary file in the same directory, which is flushed to
 /// disk and then renamed over `path`; on any error the temporary file is removed and
@@ -887,22 +1068,157 @@ pub fn save_npy(path: impl AsRef<Path>, rows: usize, cols: usize, data: &[f32]) 
             data.len()
         )));
     }
+    let mut w = NpyWriter::create(path, rows, cols)?;
+    w.push(data)?;
+    w.finish()
+}
+
+/// Streams a `rows × cols` `<f4` C-order `.npy` file to disk a few rows at a time, in
+/// bounded memory, for outputs larger than memory.
+///
+/// [`NpyWriter::create`] writes the header for the final shape to a fresh temporary file
+/// beside `path` (same directory, named like the temporary files of
+/// [`crate::fsutil::write_atomic`]); [`NpyWriter::push`] appends whole rows;
+/// [`NpyWriter::finish`] checks that exactly `rows` rows arrived, syncs the file and
+/// renames it over `path`. An existing file at `path` is replaced only by `finish`:
+/// dropping an unfinished writer (on an error, a panic, or a run stopped early) removes
+/// the temporary file and leaves `path` as it was. A process killed outright leaves its
+/// temporary file behind, but never a partial `path`.
+///
+/// ```no_run
+/// # fn main() -> wmvl::Result<()> {
+/// let mut w = wmvl::data::NpyWriter::create("samples.npy", 3, 2)?;
+/// w.push(&[0.0, 1.0, 2.0, 3.0])?; // rows 1-2
+/// w.push(&[4.0, 5.0])?; // row 3
+/// w.finish()?;
+/// # Ok(()) }
+/// ```
+pub struct NpyWriter {
+    out: crate::fsutil::TempFile,
+    path: std::path::PathBuf,
+    rows: usize,
+    cols: usize,
+    written: usize,
+}
+
+impl NpyWriter {
+    /// Starts a `rows × cols` array for `path`. Fails before anything is written when
+    /// `cols` is 0 with `rows > 0` (such rows hold nothing to push), when `rows * cols`
+    /// overflows, or when the directory of `path` is missing or not writable.
+    pub fn create(path: impl AsRef<Path>, rows: usize, cols: usize) -> Result<NpyWriter> {
+        let path = path.as_ref();
+        if (cols == 0 && rows > 0) || rows.checked_mul(cols).is_none() {
+            return Err(Error::Shape(format!(
+                "writing {}: a {rows} x {cols} array cannot be written; give at least one \
+                 column and a size that fits in memory addresses",
+                path.display()
+            )));
+        }
+        let mut out = crate::fsutil::TempFile::create(path)?;
+        out.write_all(&npy_header(rows, cols))?;
+        Ok(NpyWriter {
+            out,
+            path: path.to_path_buf(),
+            rows,
+            cols,
+            written: 0,
+        })
+    }
+
+    /// Appends whole rows (`values.len()` a multiple of `cols`, row-major). Refuses, and
+    /// writes nothing of `values`, when they are not whole rows, would make more rows than
+    /// announced, or hold a NaN/±Inf (naming its row and column in the whole array,
+    /// counting from 1).
+    pub fn push(&mut self, values: &[f32]) -> Result<()> {
+        let (cols, path) = (self.cols, self.path.display());
+        if cols == 0 {
+            // Only a 0 x 0 array gets here: it has no rows to take.
+            if values.is_empty() {
+                return Ok(());
+            }
+            return Err(Error::Shape(format!(
+                "writing {path}: the array was announced with 0 columns, got {} values",
+                values.len()
+            )));
+        }
+        if !values.len().is_multiple_of(cols) {
+            return Err(Error::Shape(format!(
+                "writing {path}: {} values are not whole rows of {cols} columns",
+                values.len()
+            )));
+        }
+        let n = values.len() / cols;
+        if n > self.rows - self.written {
+            return Err(Error::Shape(format!(
+                "writing {path}: {n} more rows would make {} rows, but the array was \
+                 announced with {}",
+                self.written + n,
+                self.rows
+            )));
+        }
+        check_finite_rows(&self.path, values, cols, self.written)?;
+        if cfg!(target_endian = "little") {
+            self.out.write_all(bytemuck::cast_slice(values))?;
+        } else {
+            for v in values {
+                self.out.write_all(&v.to_le_bytes())?;
+            }
+        }
+        self.written += n;
+        Ok(())
+    }
+
+    /// Rows pushed so far.
+    pub fn rows_written(&self) -> usize {
+        self.written
+    }
+
+    /// Completes the file: refuses (removing the temporary file, leaving `path` as it
+    /// was) unless exactly the announced rows were pushed; otherwise syncs it and renames
+    /// it over `path`.
+    pub fn finish(self) -> Result<()> {
+        if self.written != self.rows {
+            return Err(Error::Shape(format!(
+                "writing {}: only {} of the announced {} rows were pushed; the file was not \
+                 written",
+                self.path.display(),
+                self.written,
+                self.rows
+            )));
+        }
+        self.out.commit()
+    }
+}
+
+/// Refuses a NaN/±Inf in `values` (whole rows of `cols`; the first is row `first_row` + 1),
+/// naming its row and column counting from 1.
+fn check_finite_rows(path: &Path, values: &[f32], cols: usize, first_row: usize) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(k) => Err(Error::Invalid(format!(
+            "writing {}: row {} column {} (counting from 1) is {}; only finite values can be \
+             written (wmvl could not load them back)",
+            path.display(),
+            first_row + k / cols.max(1) + 1,
+            k % cols.max(1) + 1,
+            values[k]
+        ))),
+    }
+}
+
+/// The version 1.0 header of a `rows × cols` `<f4` C-order array: magic (6) + version (2)
+/// + length (2) + the dict, padded with spaces to a multiple of 64 bytes, ending in '\n'.
+fn npy_header(rows: usize, cols: usize) -> Vec<u8> {
     let mut header =
         format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
-    // magic (6) + version (2) + length (2) + header, padded with spaces to a multiple of
-    // 64 bytes, ending in '\n'.
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
-    let hlen = u16::try_from(header.len())
-        .map_err(|_| Error::Invalid(format!("save_npy {}: header too long", path.display())))?;
-    let mut bytes = Vec::with_capacity(10 + header.len() + 4 * data.len());
+    // Two numbers of at most 20 digits: the header always fits version 1.0's u16 length.
+    let mut bytes = Vec::with_capacity(10 + header.len());
     bytes.extend_from_slice(NPY_MAGIC);
     bytes.extend_from_slice(&[1, 0]);
-    bytes.extend_from_slice(&hlen.to_le_bytes());
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
     bytes.extend_from_slice(header.as_bytes());
-    for v in data {
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
-    crate::fsutil::write_atomic(path, &bytes)
+    bytes
 }

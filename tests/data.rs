@@ -5,7 +5,7 @@
 use rand_core::{RngCore, SeedableRng};
 use rand_pcg::Pcg64;
 use std::path::{Path, PathBuf};
-use wmvl::data::{load_csv, load_data, load_npy, save_npy, to_f32, Matrix, Toy};
+use wmvl::data::{load_csv, load_data, load_npy, save_npy, to_f32, Matrix, NpyWriter, Toy};
 use wmvl::Error;
 
 // ---------------------------------------------------------------------------------
@@ -708,29 +708,9 @@ fn npy_bad_inputs() {
             vec!["version 4.0"],
         ),
         (
-            "fortran.npy",
-            npy_bytes(1, &d("<f8", "True", "(2, 2)"), &four),
-            vec!["fortran_order"],
-        ),
-        (
-            "int.npy",
-            npy_bytes(1, &d("<i4", "False", "(2, 2)"), &[0u8; 16]),
-            vec!["dtype '<i4'"],
-        ),
-        (
-            "f16.npy",
-            npy_bytes(1, &d("<f2", "False", "(2, 2)"), &[0u8; 8]),
-            vec!["dtype '<f2'"],
-        ),
-        (
-            "big.npy",
-            npy_bytes(1, &d(">f8", "False", "(2, 2)"), &four),
-            vec!["big-endian"],
-        ),
-        (
             "one-d.npy",
             npy_bytes(1, &d("<f8", "False", "(4,)"), &four),
-            vec!["1-D", "2-D"],
+            vec!["1-D", "2-D", "reshape"],
         ),
         (
             "three-d.npy",
@@ -818,6 +798,458 @@ fn npy_bad_inputs() {
         Err(Error::Io(m)) => assert!(m.contains("nope.npy"), "{m}"),
         other => panic!("{other:?}"),
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The elements of a 2 x 3 test matrix in each kind, and how to encode one element of
+/// `size` bytes, little- (`big == false`) or big-endian.
+fn encode(kind: char, size: usize, big: bool, v: f64) -> Vec<u8> {
+    macro_rules! bytes {
+        ($x:expr) => {
+            if big {
+                $x.to_be_bytes().to_vec()
+            } else {
+                $x.to_le_bytes().to_vec()
+            }
+        };
+    }
+    match (kind, size) {
+        // binary16 bit patterns of the float test values, written out by hand.
+        ('f', 2) => {
+            let bits: u16 = match v {
+                1.5 => 0x3E00,
+                -2.0 => 0xC000,
+                0.25 => 0x3400,
+                100.0 => 0x5640,
+                -0.5 => 0xB800,
+                3.0 => 0x4200,
+                _ => unreachable!("{v}"),
+            };
+            bytes!(bits)
+        }
+        ('f', 4) => bytes!(v as f32),
+        ('f', 8) => bytes!(v),
+        ('i', 1) => bytes!(v as i8),
+        ('i', 2) => bytes!(v as i16),
+        ('i', 4) => bytes!(v as i32),
+        ('i', 8) => bytes!(v as i64),
+        ('u', 1) | ('b', 1) => bytes!(v as u8),
+        ('u', 2) => bytes!(v as u16),
+        ('u', 4) => bytes!(v as u32),
+        ('u', 8) => bytes!(v as u64),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn npy_reads_every_real_dtype_byte_order_and_memory_order() {
+    let dir = temp_dir("npy-dtypes");
+    let floats = [1.5, -2.0, 0.25, 100.0, -0.5, 3.0];
+    let signed = [1.0, -2.0, 3.0, 100.0, -128.0, 127.0];
+    let unsigned = [0.0, 1.0, 2.0, 100.0, 200.0, 255.0];
+    let bools = [1.0, 0.0, 1.0, 1.0, 0.0, 0.0];
+    let native_big = cfg!(target_endian = "big");
+    let mut checked = 0;
+    for (kind, sizes, vals) in [
+        ('f', &[2usize, 4, 8][..], floats),
+        ('i', &[1, 2, 4, 8][..], signed),
+        ('u', &[1, 2, 4, 8][..], unsigned),
+        ('b', &[1][..], bools),
+    ] {
+        // The 2 x 3 matrix, row-major.
+        let want = Matrix {
+            rows: 2,
+            cols: 3,
+            data: vals.iter().map(|&v| v as f32).collect(),
+        };
+        for &size in sizes {
+            for order in ['<', '>', '=', '|'] {
+                let big = match order {
+                    '>' => true,
+                    '<' => false,
+                    _ => native_big,
+                };
+                for fortran in [false, true] {
+                    // Fortran order stores the columns one after the other.
+                    let file_order: Vec<f64> = if fortran {
+                        (0..3)
+                            .flat_map(|j| (0..2).map(move |i| vals[i * 3 + j]))
+                            .collect()
+                    } else {
+                        vals.to_vec()
+                    };
+                    let body: Vec<u8> = file_order
+                        .iter()
+                        .flat_map(|&v| encode(kind, size, big, v))
+                        .collect();
+                    let descr = format!("{order}{kind}{size}");
+                    let dict = format!(
+                        "{{'descr': '{descr}', 'fortran_order': {}, 'shape': (2, 3), }}",
+                        if fortran { "True" } else { "False" }
+                    );
+                    let p = write(
+                        &dir,
+                        &format!("{descr}-{fortran}.npy"),
+                        &npy_bytes(1, &dict, &body),
+                    );
+                    let got = load_npy(&p).unwrap_or_else(|e| panic!("{dict}: {e}"));
+                    let bits = |m: &Matrix| m.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!((got.rows, got.cols), (2, 3), "{dict}");
+                    assert_eq!(bits(&got), bits(&want), "{dict}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 12 * 4 * 2); // 12 dtypes, 4 byte orders, C and Fortran order
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn npy_fortran_order_3x2_is_transposed_on_load() {
+    let dir = temp_dir("npy-fortran");
+    // [[1, 2], [3, 4], [5, 6]] stored column by column: 1, 3, 5, then 2, 4, 6.
+    let p = write(
+        &dir,
+        "f.npy",
+        &npy_bytes(
+            1,
+            "{'descr': '<f8', 'fortran_order': True, 'shape': (3, 2), }",
+            &f64_body(&[1.0, 3.0, 5.0, 2.0, 4.0, 6.0]),
+        ),
+    );
+    let m = load_npy(&p).unwrap();
+    assert_eq!((m.rows, m.cols), (3, 2));
+    assert_eq!(m.row(0), &[1.0, 2.0]);
+    assert_eq!(m.row(1), &[3.0, 4.0]);
+    assert_eq!(m.row(2), &[5.0, 6.0]);
+    // Positions in errors are (row, column) of the array, not of the file order: the
+    // fourth stored value is row 1, column 2.
+    let p = write(
+        &dir,
+        "f-nan.npy",
+        &npy_bytes(
+            1,
+            "{'descr': '<f8', 'fortran_order': True, 'shape': (3, 2), }",
+            &f64_body(&[1.0, 3.0, 5.0, f64::NAN, 4.0, 6.0]),
+        ),
+    );
+    assert_invalid(load_npy(&p), &p, &["row 1 column 2", "NaN"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn npy_big_endian_f8_and_half_precision_known_bits() {
+    let dir = temp_dir("npy-bits");
+    // 1.5 = 0x3FF8000000000000 and -2.0 = 0xC000000000000000, most significant byte first.
+    let mut body = vec![0x3F, 0xF8, 0, 0, 0, 0, 0, 0];
+    body.extend_from_slice(&[0xC0, 0, 0, 0, 0, 0, 0, 0]);
+    let p = write(
+        &dir,
+        "be.npy",
+        &npy_bytes(
+            1,
+            "{'descr': '>f8', 'fortran_order': False, 'shape': (1, 2), }",
+            &body,
+        ),
+    );
+    assert_eq!(load_npy(&p).unwrap().data, vec![1.5, -2.0]);
+
+    // binary16, little-endian: 1.5 = 0x3E00, the smallest subnormal 0x0001 = 2^-24, the
+    // largest finite 0x7BFF = 65504, -0.0 = 0x8000, -2^-14 = 0x8400 (smallest normal).
+    let halves: [u16; 5] = [0x3E00, 0x0001, 0x7BFF, 0x8000, 0x8400];
+    let body: Vec<u8> = halves.iter().flat_map(|h| h.to_le_bytes()).collect();
+    let p = write(
+        &dir,
+        "half.npy",
+        &npy_bytes(
+            1,
+            "{'descr': '<f2', 'fortran_order': False, 'shape': (5, 1), }",
+            &body,
+        ),
+    );
+    let m = load_npy(&p).unwrap();
+    assert_eq!(m.data[0], 1.5);
+    assert_eq!(m.data[1], 2f32.powi(-24));
+    assert_eq!(m.data[2], 65504.0);
+    assert_eq!(m.data[3].to_bits(), (-0.0f32).to_bits());
+    assert_eq!(m.data[4], -(2f32.powi(-14)));
+
+    // Infinity (0x7C00) and NaN (0x7E00) in half precision are refused like any other.
+    for (bits, needle) in [(0x7C00u16, "inf"), (0xFE00, "NaN")] {
+        let mut body: Vec<u8> = [0x3E00u16, 0x3E00, 0x3E00]
+            .iter()
+            .flat_map(|h| h.to_le_bytes())
+            .collect();
+        body.extend_from_slice(&bits.to_le_bytes());
+        let p = write(
+            &dir,
+            "half-bad.npy",
+            &npy_bytes(
+                1,
+                "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 2), }",
+                &body,
+            ),
+        );
+        assert_invalid(load_npy(&p), &p, &["row 2 column 2", needle, "finite"]);
+    }
+
+    // A bool byte other than 0 or 1 is True, as in NumPy.
+    let p = write(
+        &dir,
+        "bool.npy",
+        &npy_bytes(
+            1,
+            "{'descr': '|b1', 'fortran_order': False, 'shape': (1, 3), }",
+            &[0, 1, 2],
+        ),
+    );
+    assert_eq!(load_npy(&p).unwrap().data, vec![0.0, 1.0, 1.0]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn npy_integers_beyond_2_pow_24_are_refused() {
+    let dir = temp_dir("npy-ints");
+    let d =
+        |descr: &str| format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (2, 2), }}");
+    // ±2^24 itself is exact in f32 and accepted.
+    let p = write(
+        &dir,
+        "edge.npy",
+        &npy_bytes(
+            1,
+            &d("<i8"),
+            &[0i64, 1 << 24, -(1 << 24), 7]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<_>>(),
+        ),
+    );
+    assert_eq!(
+        load_npy(&p).unwrap().data,
+        vec![0.0, 16777216.0, -16777216.0, 7.0]
+    );
+    let p = write(
+        &dir,
+        "edge-u.npy",
+        &npy_bytes(
+            1,
+            &d(">u4"),
+            &[1u32, 2, 3, 1 << 24]
+                .iter()
+                .flat_map(|v| v.to_be_bytes())
+                .collect::<Vec<_>>(),
+        ),
+    );
+    assert_eq!(load_npy(&p).unwrap().data, vec![1.0, 2.0, 3.0, 16777216.0]);
+
+    let cases: Vec<(&str, String, Vec<u8>, Vec<&str>)> = vec![
+        (
+            "u8-max.npy",
+            d("<u8"),
+            [1u64, 2, u64::MAX, 4]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            vec!["row 2 column 1", "18446744073709551615", "2^24", "astype"],
+        ),
+        (
+            "u8-just-over.npy",
+            d("<u8"),
+            [1u64, (1 << 24) + 1, 3, 4]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            vec!["row 1 column 2", "16777217"],
+        ),
+        (
+            "i8-min.npy",
+            d("<i8"),
+            [1i64, 2, 3, i64::MIN]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            vec!["row 2 column 2", "-9223372036854775808"],
+        ),
+        (
+            "i8-max.npy",
+            d(">i8"),
+            [i64::MAX, 2, 3, 4]
+                .iter()
+                .flat_map(|v| v.to_be_bytes())
+                .collect(),
+            vec!["row 1 column 1", "9223372036854775807"],
+        ),
+        (
+            "i4-just-under.npy",
+            d("<i4"),
+            [1i32, 2, -(1 << 24) - 1, 4]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            vec!["row 2 column 1", "-16777217"],
+        ),
+    ];
+    for (name, dict, body, needles) in cases {
+        let p = write(&dir, name, &npy_bytes(1, &dict, &body));
+        assert_invalid(load_npy(&p), &p, &needles);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn npy_non_real_dtypes_are_refused_naming_them() {
+    let dir = temp_dir("npy-unsupported");
+    let d =
+        |descr: &str| format!("{{'descr': {descr}, 'fortran_order': False, 'shape': (2, 2), }}");
+    let accepted = ["accepted", "'f2', 'f4', 'f8'", "'u8'", "'b1'"];
+    for (name, descr, what) in [
+        ("c8.npy", "'<c8'", "complex"),
+        ("c16.npy", "'>c16'", "complex"),
+        ("str.npy", "'<U5'", "string"),
+        ("bytes.npy", "'|S3'", "string"),
+        ("obj.npy", "'|O'", "object"),
+        ("dt.npy", "'<M8[ns]'", "datetime"),
+        ("td.npy", "'<m8[s]'", "timedelta"),
+        ("void.npy", "'|V8'", "void"),
+        ("f16.npy", "'<f16'", "16-byte floating point"),
+        ("i3.npy", "'<i3'", "3-byte signed integer"),
+        ("b2.npy", "'<b2'", "2-byte bool"),
+        ("junk.npy", "'<z4'", "unknown"),
+        ("struct.npy", "[('a', '<i4'), ('b', '<f4')]", "structured"),
+    ] {
+        let p = write(&dir, name, &npy_bytes(1, &d(descr), &[0u8; 64]));
+        let mut needles = vec![descr, what];
+        needles.extend(accepted);
+        assert_invalid(load_npy(&p), &p, &needles);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------------
+// NpyWriter
+// ---------------------------------------------------------------------------------
+
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn npy_writer_pushes_equal_save_npy() {
+    let dir = temp_dir("npy-writer");
+    let data: Vec<f32> = (0..18).map(|i| i as f32 * 0.75 - 4.0).collect();
+    let whole = dir.join("whole.npy");
+    save_npy(&whole, 6, 3, &data).unwrap();
+
+    let streamed = dir.join("streamed.npy");
+    let mut w = NpyWriter::create(&streamed, 6, 3).unwrap();
+    // Nothing at the target until finish; the temporary file sits beside it.
+    assert!(!streamed.exists());
+    let names = dir_names(&dir);
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(
+        names[0].starts_with(".streamed.npy.") && names[0].ends_with(".tmp"),
+        "{names:?}"
+    );
+    for (a, b) in [(0, 3), (3, 12), (12, 12), (12, 18)] {
+        w.push(&data[a..b]).unwrap();
+    }
+    assert_eq!(w.rows_written(), 6);
+    w.finish().unwrap();
+    assert_eq!(
+        std::fs::read(&streamed).unwrap(),
+        std::fs::read(&whole).unwrap()
+    );
+    assert_eq!(
+        load_npy(&streamed).unwrap(),
+        Matrix::new(6, 3, data).unwrap()
+    );
+    assert_eq!(dir_names(&dir), vec!["streamed.npy", "whole.npy"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn npy_writer_dropped_unfinished_leaves_the_target_alone() {
+    let dir = temp_dir("npy-writer-drop");
+    let p = dir.join("out.npy");
+    save_npy(&p, 2, 2, &[1.0, 2.0, 3.0, 4.0]).unwrap();
+    let before = std::fs::read(&p).unwrap();
+    {
+        let mut w = NpyWriter::create(&p, 1000, 2).unwrap();
+        w.push(&[5.0; 200]).unwrap();
+        assert_eq!(dir_names(&dir).len(), 2);
+        // Dropped here, as by an error or an interrupted run.
+    }
+    assert_eq!(std::fs::read(&p).unwrap(), before);
+    assert_eq!(dir_names(&dir), vec!["out.npy"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn npy_writer_refuses_wrong_row_counts_and_bad_values() {
+    let dir = temp_dir("npy-writer-bad");
+    let p = dir.join("out.npy");
+    save_npy(&p, 1, 3, &[7.0, 8.0, 9.0]).unwrap();
+    let before = std::fs::read(&p).unwrap();
+    let shape_err = |r: wmvl::Result<()>, needles: &[&str]| match r {
+        Err(Error::Shape(m)) => {
+            assert!(m.contains("out.npy"), "{m}");
+            for n in needles {
+                assert!(m.contains(n), "message lacks '{n}': {m}");
+            }
+        }
+        other => panic!("expected a Shape error, got {other:?}"),
+    };
+
+    let mut w = NpyWriter::create(&p, 4, 3).unwrap();
+    // Not whole rows.
+    shape_err(w.push(&[1.0; 4]), &["4 values", "3 columns"]);
+    w.push(&[1.0; 6]).unwrap();
+    // More rows than announced: refused, nothing of it written.
+    shape_err(w.push(&[1.0; 9]), &["5 rows", "announced with 4"]);
+    assert_eq!(w.rows_written(), 2);
+    // NaN / Inf: the row in the whole array (2 pushed before), counting from 1.
+    let mut bad = [1.0f32; 6];
+    bad[4] = f32::NAN;
+    match w.push(&bad) {
+        Err(Error::Invalid(m)) => {
+            assert!(
+                m.contains("out.npy") && m.contains("row 4 column 2") && m.contains("NaN"),
+                "{m}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    bad[4] = f32::INFINITY;
+    assert!(matches!(w.push(&bad), Err(Error::Invalid(m)) if m.contains("row 4 column 2")));
+    assert_eq!(w.rows_written(), 2);
+    // Fewer rows than announced: finish refuses and the target stays as it was.
+    w.push(&[2.0; 3]).unwrap();
+    shape_err(w.finish(), &["3 of the announced 4"]);
+    assert_eq!(std::fs::read(&p).unwrap(), before);
+    assert_eq!(dir_names(&dir), vec!["out.npy"]);
+
+    // save_npy goes through the same checks.
+    match save_npy(&p, 1, 3, &[1.0, f32::NEG_INFINITY, 3.0]) {
+        Err(Error::Invalid(m)) => assert!(m.contains("row 1 column 2"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(std::fs::read(&p).unwrap(), before);
+
+    // No columns, or a directory that does not exist: refused before anything is written.
+    assert!(matches!(NpyWriter::create(&p, 3, 0), Err(Error::Shape(_))));
+    let q = dir.join("missing").join("b.npy");
+    match NpyWriter::create(&q, 1, 1) {
+        Err(Error::Io(m)) => assert!(m.contains("b.npy") && m.contains("missing"), "{m}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert_eq!(dir_names(&dir), vec!["out.npy"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
