@@ -14,6 +14,9 @@
 //!   removed and an existing file at the target path is left untouched. Everything that can be
 //!   checked (shapes, names, finiteness, reserved metadata) is checked before the disk is
 //!   touched.
+//! * **Saving is reproducible.** Equal checkpoints save to byte-identical files, whatever
+//!   the order of their tensors or of the metadata's insertion: the tensors are stored sorted
+//!   by name and the metadata sorted by key.
 //! * **Loading validates everything** and never panics: unreadable, truncated or
 //!   non-safetensors files, files that are not wmvl checkpoints, unsupported format versions,
 //!   dtypes other than `F32`, ranks other than 1 or 2, and NaN/Inf values are all errors that
@@ -270,8 +273,10 @@ impl Checkpoint {
             }
         }
 
-        safetensors::serialize(views.iter().map(|(n, v)| (*n, v)), Some(meta))
-            .map_err(|e| Error::Invalid(format!("cannot serialize checkpoint: {e}")))
+        let mut bytes = safetensors::serialize(views.iter().map(|(n, v)| (*n, v)), Some(meta))
+            .map_err(|e| Error::Invalid(format!("cannot serialize checkpoint: {e}")))?;
+        sort_metadata(&mut bytes)?;
+        Ok(bytes)
     }
 
     /// Writes the checkpoint to `path` atomically (temporary file in the same directory,
@@ -403,6 +408,46 @@ impl Checkpoint {
         }
         Ok(Checkpoint { tensors, metadata })
     }
+}
+
+/// Makes the serialized file reproducible: rewrites its `__metadata__` object with the keys
+/// in sorted order.
+///
+/// safetensors 0.8 sorts the tensors (by dtype, then name) but writes the metadata in the
+/// iteration order of its `HashMap`, which differs between runs (and between maps). It writes
+/// the metadata first, as `{"__metadata__":{…},…`, with serde_json; the same entries in
+/// sorted order, written by the same serde_json, are the same number of bytes, so they
+/// overwrite the object in place and the header length, its 8-byte alignment padding and
+/// the data offsets stay as they are.
+fn sort_metadata(bytes: &mut [u8]) -> Result<()> {
+    const LEAD: &[u8] = b"{\"__metadata__\":";
+    let internal = |what: &str| {
+        Error::Invalid(format!(
+            "cannot serialize checkpoint: {what} (a wmvl bug: please report it)"
+        ))
+    };
+    let start = 8 + LEAD.len();
+    if bytes.get(8..start) != Some(LEAD) {
+        return Err(internal(
+            "the safetensors header does not start with its metadata",
+        ));
+    }
+    // Parse the object as written (it ends where the JSON value starting there ends); a
+    // BTreeMap serializes its entries in key order.
+    let mut stream = serde_json::Deserializer::from_slice(&bytes[start..])
+        .into_iter::<BTreeMap<String, String>>();
+    let Some(Ok(sorted)) = stream.next() else {
+        return Err(internal("unreadable metadata in the safetensors header"));
+    };
+    let end = start + stream.byte_offset();
+    let text = serde_json::to_vec(&sorted)
+        .map_err(|e| internal(&format!("cannot write the metadata: {e}")))?;
+    // Same entries, same escaping: the same length. Check rather than trust it.
+    if text.len() != end - start {
+        return Err(internal("the sorted metadata does not fit in place"));
+    }
+    bytes[start..end].copy_from_slice(&text);
+    Ok(())
 }
 
 /// Puts `context` in front of a shape/invalid/i-o error's message, keeping its kind.

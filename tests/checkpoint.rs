@@ -503,3 +503,93 @@ fn lookup_helpers_give_clear_errors() {
     assert!(NamedTensor::new("x", 2, 2, vec![0.0; 3]).is_err());
     assert!(NamedTensor::new("x", usize::MAX, 2, vec![]).is_err());
 }
+
+/// ~30 metadata entries (with characters JSON escapes) inserted in the order `order` gives,
+/// and tensors in the order given.
+fn reproducible_checkpoint(order: &[usize], tensors: &[(&str, usize, usize, f32)]) -> Checkpoint {
+    let mut metadata = BTreeMap::new();
+    for &i in order {
+        metadata.insert(
+            format!("key_{:02}_{}", (i * 17) % 31, "xyz".repeat(i % 3)),
+            format!("value {i}: \"quoted\", ünïcødé\n\t{}", "\\".repeat(i % 4)),
+        );
+    }
+    // The reserved entries, as a loaded checkpoint carries them, in the middle of the rest.
+    metadata.insert(FORMAT_KEY.to_string(), FORMAT.to_string());
+    metadata.insert(FORMAT_VERSION_KEY.to_string(), "1".to_string());
+    Checkpoint {
+        tensors: tensors
+            .iter()
+            .map(|&(n, r, c, s)| tensor(n, r, c, s))
+            .collect(),
+        metadata,
+    }
+}
+
+#[test]
+fn equal_checkpoints_save_to_identical_bytes() {
+    let dir = TempDir::new("reproducible");
+    let forward: Vec<usize> = (0..31).collect();
+    let shuffled: Vec<usize> = (0..31).map(|i| (i * 13 + 5) % 31).collect();
+    let tensors = [
+        ("w1", 2, 100, 1.0),
+        ("b1", 1, 100, -2.0),
+        ("layers.0.u", 1, 100, 3.0),
+        ("w2", 100, 2, 0.5),
+    ];
+    let mut tensors_reordered = tensors;
+    tensors_reordered.reverse();
+    tensors_reordered.swap(0, 2);
+
+    let a = reproducible_checkpoint(&forward, &tensors);
+    let b = reproducible_checkpoint(&shuffled, &tensors_reordered);
+    let mut c = reproducible_checkpoint(&shuffled, &tensors);
+    // Without the reserved entries: save adds them, and the bytes are the same.
+    c.metadata.remove(FORMAT_KEY);
+    c.metadata.remove(FORMAT_VERSION_KEY);
+
+    let paths: Vec<PathBuf> = (0..5)
+        .map(|i| dir.file(&format!("{i}.safetensors")))
+        .collect();
+    a.save(&paths[0]).unwrap();
+    b.save(&paths[1]).unwrap();
+    c.save(&paths[2]).unwrap();
+    a.save(&paths[3]).unwrap(); // the same checkpoint again (a fresh HashMap inside)
+    Checkpoint::load(&paths[1])
+        .unwrap()
+        .save(&paths[4])
+        .unwrap(); // a loaded copy
+    let first = fs::read(&paths[0]).unwrap();
+    for p in &paths[1..] {
+        assert!(
+            fs::read(p).unwrap() == first,
+            "{} differs from {}",
+            p.display(),
+            paths[0].display()
+        );
+    }
+
+    // The header: 8-byte aligned, metadata first with its keys in sorted order.
+    let n = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
+    assert_eq!(n % 8, 0, "header length {n} is not a multiple of 8");
+    let header = std::str::from_utf8(&first[8..8 + n]).unwrap();
+    assert!(header.starts_with("{\"__metadata__\":{"), "{header}");
+    let positions: Vec<usize> = a
+        .metadata
+        .keys()
+        .map(|k| header.find(&format!("\"{k}\":")).unwrap())
+        .collect();
+    assert_eq!(positions.len(), 33);
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "metadata keys are not in sorted order: {header}"
+    );
+
+    // Still a valid safetensors file with everything in it.
+    assert!(safetensors::SafeTensors::deserialize(&first).is_ok());
+    let back = Checkpoint::load(&paths[0]).unwrap();
+    assert_eq!(back.metadata, a.metadata);
+    let mut expected = a.tensors.clone();
+    expected.sort_by(|x, y| x.name.cmp(&y.name));
+    assert_eq!(back.tensors, expected);
+}
