@@ -1,6 +1,7 @@
 //! Density figures as PNG files, with no plotting library: heatmap panels side by side
-//! ("true density" next to "learned density"), each with a frame, integer tick marks, a title,
-//! and one caption for the whole figure.
+//! ("true density" next to "learned density"), each with a frame, tick marks with their values,
+//! the axis names x₁ (below) and x₂ (left), a title, then one colour bar (right) and one
+//! caption for the whole figure.
 //!
 //! Everything here is our own small code — the rasteriser, the viridis colour map (linear
 //! interpolation between ten control points) and a 5×7 pixel bitmap font for ASCII 32..=126,
@@ -22,7 +23,11 @@
 //! the brightest (viridis yellow, [`viridis`]`(1.0)`), linearly in between. Two panels' colours
 //! therefore compare *shapes*, not absolute heights — which is what is wanted when the learned
 //! density is only known up to its normalising constant. A constant panel is drawn in the
-//! middle colour, [`viridis`]`(0.5)`.
+//! middle colour, [`viridis`]`(0.5)`. The colour bar right of the panels shows the map from
+//! `min` (bottom) to `max` (top), which holds for every panel.
+//!
+//! **Ticks.** Steps of 1, 2 or 5 × 10^k: integers for ranges of 5 units or more, fractions
+//! (about five ticks) for narrower ones; labels are thinned so they never overlap.
 //!
 //! **Pixels.** Each grid cell becomes a square block of `c × c` pixels, with `c` the integer
 //! that brings the longer side of the grid closest to 320 pixels (at least 1), so no cell is
@@ -222,6 +227,14 @@ pub struct Figure {
     pub titles: Vec<Rect>,
     /// The caption's lines (zero height for an empty caption).
     pub caption: Rect,
+    /// Each panel's axis names: `[x₁ below the heatmap, x₂ left of it]`.
+    pub axis_names: Vec<[Rect; 2]>,
+    /// The colour bar's gradient (inside its frame), right of the last panel: row `k` from the
+    /// bottom has colour [`viridis`]`(k / (h − 1))`, each panel's minimum at the bottom and
+    /// maximum at the top.
+    pub colorbar: Rect,
+    /// The colour bar's labels: `max` at its top, `min` at its bottom.
+    pub colorbar_labels: [Rect; 2],
 }
 
 impl Figure {
@@ -297,6 +310,18 @@ const MIN_PLOT_COL: u32 = 200;
 /// Ticks closer than this are thinned to multiples of 2, 5, 10, … units.
 const MIN_TICK_SPACING: f64 = 6.0;
 const MAX_CAPTION_LINES: usize = 4;
+/// An axis name: `x` at [`SCALE`]× and a subscript digit at 1×, hanging 3 pixels below.
+const NAME_W: u32 = ADVANCE + GLYPH_W;
+const NAME_H: u32 = CAP_H + 3;
+/// Gap between tick labels and an axis name.
+const NAME_GAP: u32 = 8;
+/// Colour bar: gap after the last panel's column, width, and its end labels.
+const BAR_GAP: u32 = 4;
+const BAR_W: u32 = 14;
+const BAR_TOP: &str = "max";
+const BAR_BOTTOM: &str = "min";
+/// Width added to the figure for the colour bar and its labels.
+const BAR_AREA: u32 = BAR_GAP + BAR_W + 1 + LABEL_GAP + 2 + 3 * ADVANCE - SCALE + PAD;
 
 const BACKGROUND: [u8; 3] = [255, 255, 255];
 const INK: [u8; 3] = [20, 20, 20];
@@ -310,57 +335,78 @@ fn text_width(chars: usize) -> u32 {
     }
 }
 
-/// Integer tick marks along one axis: pixel offset from the start (0..len) and optional label.
-fn integer_ticks(
+/// Tick marks along one axis: pixel offset from the start (0..len) and optional label.
+///
+/// Steps are 1, 2 or 5 × 10^k. Ranges of 5 units or more get integer ticks only (a unit
+/// grid, thinned when crowded); narrower ranges get fractional steps, about five ticks.
+fn ticks(
     lo: f64,
     hi: f64,
     len: u32,
     from_top: bool,
     horizontal: bool,
 ) -> Vec<(u32, Option<String>)> {
-    // Far outside i64-friendly ranges, integer ticks mean nothing: draw none.
+    // Far outside i64-friendly ranges, ticks mean nothing: draw none.
     if lo.abs() > 1e15 || hi.abs() > 1e15 {
         return Vec::new();
     }
     let px_per_unit = len as f64 / (hi - lo);
-    let steps = || {
-        (0..16u32).flat_map(|e| {
-            let p = 10i64.pow(e);
-            [p, 2 * p, 5 * p]
-        })
-    };
-    let Some(step) = steps().find(|&s| s as f64 * px_per_unit >= MIN_TICK_SPACING) else {
+    // (mantissa, exponent) of step m·10^e, ascending.
+    let steps = || (-12..16i32).flat_map(|e| [(1i64, e), (2, e), (5, e)]);
+    let value = |(m, e): (i64, i32)| m as f64 * 10f64.powi(e);
+    let finest = ((hi - lo) / 5.0).min(1.0);
+    // The largest step not above `finest` (1 for ranges of 5 or more) is the finest allowed.
+    let floor = steps().rfind(|&s| value(s) <= finest * (1.0 + 1e-9));
+    let Some(step) = steps()
+        .skip_while(|&s| Some(s) != floor)
+        .find(|&s| value(s) * px_per_unit >= MIN_TICK_SPACING)
+    else {
         return Vec::new();
     };
-    let first = (lo / step as f64).ceil() as i64;
-    let last = (hi / step as f64).floor() as i64;
+    let sv = value(step);
+    let first = (lo / sv - 1e-9).ceil() as i64;
+    let last = (hi / sv + 1e-9).floor() as i64;
     if last < first || last - first > 10_000 {
         return Vec::new();
     }
-    let values: Vec<i64> = (first..=last).map(|k| k * step).collect();
+    let decimals = (-step.1).max(0) as usize;
+    let label_of = |k: i64| {
+        if step.1 >= 0 {
+            (k * step.0 * 10i64.pow(step.1 as u32)).to_string()
+        } else {
+            // Labels fall on coarser multiples than the ticks: drop the zeros that leaves.
+            let t = format!("{:.*}", decimals, k as f64 * sv);
+            let t = t.trim_end_matches('0').trim_end_matches('.');
+            if t.trim_start_matches('-').is_empty() || t == "-0" {
+                "0".to_string()
+            } else {
+                t.to_string()
+            }
+        }
+    };
+    let ks: Vec<i64> = (first..=last).collect();
     let need = if horizontal {
-        let widest = values
-            .iter()
-            .map(|v| v.to_string().len())
-            .max()
-            .unwrap_or(0);
+        let widest = ks.iter().map(|&k| label_of(k).len()).max().unwrap_or(0);
         text_width(widest) as f64 + 10.0
     } else {
         CAP_H as f64 + 6.0
     };
-    let label_step = steps()
-        .filter(|&s| s >= step && s % step == 0)
-        .find(|&s| s as f64 * px_per_unit >= need);
-    values
-        .into_iter()
-        .map(|v| {
+    // Labels on every `every`-th tick (k a multiple of it), `every` in 1, 2, 5, 10, …
+    let every = steps()
+        .filter(|&(_, e)| e >= 0)
+        .map(value)
+        .find(|&m| m * sv * px_per_unit >= need)
+        .map(|m| m as i64);
+    ks.into_iter()
+        .map(|k| {
+            let v = k as f64 * sv;
             let frac = if from_top {
-                (hi - v as f64) / (hi - lo)
+                (hi - v) / (hi - lo)
             } else {
-                (v as f64 - lo) / (hi - lo)
+                (v - lo) / (hi - lo)
             };
             let pix = ((frac * len as f64).floor().max(0.0) as u32).min(len - 1);
-            let label = label_step.filter(|&s| v % s == 0).map(|_| v.to_string());
+            let label = every.filter(|&m| k % m == 0).map(|_| label_of(k));
             (pix, label)
         })
         .collect()
@@ -491,8 +537,8 @@ pub fn render_density_panels(grid: &Grid, panels: &[Heatmap], caption: &str) -> 
     let cell = ((TARGET_PLOT + longest / 2) / longest).max(1) as u32;
     let (pw, ph) = (grid.nx as u32 * cell, grid.ny as u32 * cell);
 
-    let xticks = integer_ticks(grid.xmin, grid.xmax, pw, false, true);
-    let yticks = integer_ticks(grid.ymin, grid.ymax, ph, true, false);
+    let xticks = ticks(grid.xmin, grid.xmax, pw, false, true);
+    let yticks = ticks(grid.ymin, grid.ymax, ph, true, false);
     let label_w = |ticks: &[(u32, Option<String>)]| {
         ticks
             .iter()
@@ -503,22 +549,32 @@ pub fn render_density_panels(grid: &Grid, panels: &[Heatmap], caption: &str) -> 
     let ylabel_w = label_w(&yticks);
     let xlabel_half = label_w(&xticks).div_ceil(2);
     let has_xlabels = xticks.iter().any(|(_, l)| l.is_some());
+    // From the frame's left edge to the left edge of the tick labels.
+    let ylabels_reach = 1
+        + TICK
+        + if ylabel_w > 0 {
+            LABEL_GAP + ylabel_w
+        } else {
+            0
+        };
 
-    let left = PAD + ylabel_w + if ylabel_w > 0 { LABEL_GAP + 1 } else { 0 } + TICK + 1;
+    let left = PAD + NAME_W + NAME_GAP + ylabels_reach;
     let inner = pw.max(MIN_PLOT_COL);
     let right = 1 + PAD.max(xlabel_half + 4);
     let col_w = left + inner + right;
 
     let plot_y = PAD + TEXT_H + TITLE_GAP + 1;
     let xlabel_y = plot_y + ph + 1 + TICK + LABEL_GAP;
-    let panels_bottom = if has_xlabels {
-        xlabel_y + CAP_H
-    } else {
-        plot_y + ph + 1 + TICK
-    };
+    let xname_y = NAME_GAP
+        + if has_xlabels {
+            xlabel_y + CAP_H
+        } else {
+            plot_y + ph + 1 + TICK
+        };
+    let panels_bottom = xname_y + NAME_H;
 
     let n = panels.len() as u64;
-    let width64 = n * col_w as u64;
+    let width64 = n * col_w as u64 + BAR_AREA as u64;
     if width64 > MAX_IMAGE_SIDE as u64 {
         return Err(Error::Invalid(format!(
             "figure of {} panels would be {width64} pixels wide (max {MAX_IMAGE_SIDE}); \
@@ -544,6 +600,7 @@ pub fn render_density_panels(grid: &Grid, panels: &[Heatmap], caption: &str) -> 
     let mut cv = Canvas::new(width, height);
     let mut plots = Vec::with_capacity(panels.len());
     let mut titles = Vec::with_capacity(panels.len());
+    let mut axis_names = Vec::with_capacity(panels.len());
     for (i, panel) in panels.iter().enumerate() {
         let col_x = i as u32 * col_w;
         let px = col_x + left + (inner - pw) / 2;
@@ -581,13 +638,7 @@ pub fn render_density_panels(grid: &Grid, panels: &[Heatmap], caption: &str) -> 
                 );
             }
         }
-
-        // Frame just outside the heatmap.
-        let (fx, fy) = (px as i64 - 1, plot_y as i64 - 1);
-        cv.fill(fx, fy, pw + 2, 1, FRAME);
-        cv.fill(fx, (plot_y + ph) as i64, pw + 2, 1, FRAME);
-        cv.fill(fx, fy, 1, ph + 2, FRAME);
-        cv.fill((px + pw) as i64, fy, 1, ph + 2, FRAME);
+        cv.frame(plot);
 
         // Ticks (outwards, below and left of the frame) and their labels.
         for (off, label) in &xticks {
@@ -608,6 +659,23 @@ pub fn render_density_panels(grid: &Grid, panels: &[Heatmap], caption: &str) -> 
             }
         }
 
+        // Axis names: x₁ centred below the tick labels, x₂ left of them, mid-height.
+        let x1 = Rect {
+            x: px + pw / 2 - NAME_W / 2,
+            y: xname_y,
+            w: NAME_W,
+            h: NAME_H,
+        };
+        let x2 = Rect {
+            x: px - ylabels_reach - NAME_GAP - NAME_W,
+            y: (plot_y + ph / 2).saturating_sub(NAME_H / 2),
+            w: NAME_W,
+            h: NAME_H,
+        };
+        cv.axis_name(x1, b'1');
+        cv.axis_name(x2, b'2');
+        axis_names.push([x1, x2]);
+
         // Title, centred over the heatmap, kept inside the panel's column.
         let max_chars = ((col_w - PAD + SCALE) / ADVANCE) as usize;
         let title = ellipsize(sanitize(&panel.title), max_chars);
@@ -625,6 +693,49 @@ pub fn render_density_panels(grid: &Grid, panels: &[Heatmap], caption: &str) -> 
             h: TEXT_H,
         });
         plots.push(plot);
+    }
+
+    // Colour bar, as tall as the heatmaps: each panel's min at the bottom, max at the top.
+    let colorbar = Rect {
+        x: n as u32 * col_w + BAR_GAP,
+        y: plot_y,
+        w: BAR_W,
+        h: ph,
+    };
+    for row in 0..ph {
+        let t = if ph > 1 {
+            (ph - 1 - row) as f64 / (ph - 1) as f64
+        } else {
+            1.0
+        };
+        cv.fill(
+            colorbar.x as i64,
+            (plot_y + row) as i64,
+            BAR_W,
+            1,
+            viridis(t),
+        );
+    }
+    cv.frame(colorbar);
+    // Labels level with the bar's ends, or beyond them when the bar is too short for both.
+    let label_x = colorbar.x + BAR_W + 1 + LABEL_GAP + 2;
+    let (top_y, bottom_y) = if ph >= 2 * CAP_H + 4 {
+        (plot_y, plot_y + ph - CAP_H)
+    } else {
+        (plot_y - 1 - 2 - CAP_H, plot_y + ph + 1 + 2)
+    };
+    let mut colorbar_labels = [colorbar; 2];
+    for (k, (text, y)) in [(BAR_TOP, top_y), (BAR_BOTTOM, bottom_y)]
+        .into_iter()
+        .enumerate()
+    {
+        cv.text(label_x as i64, y as i64, text.as_bytes(), INK);
+        colorbar_labels[k] = Rect {
+            x: label_x,
+            y,
+            w: text_width(text.len()),
+            h: CAP_H,
+        };
     }
 
     // Caption lines, centred.
@@ -654,6 +765,9 @@ pub fn render_density_panels(grid: &Grid, panels: &[Heatmap], caption: &str) -> 
         cell_px: cell,
         titles,
         caption: cap_rect,
+        axis_names,
+        colorbar,
+        colorbar_labels,
     })
 }
 
@@ -693,11 +807,15 @@ impl Canvas {
     /// Draws printable ASCII with the built-in font at [`SCALE`]×; `(x, y)` is the top-left
     /// of the capitals, descenders reach [`DESCENT`] font rows lower.
     fn text(&mut self, x: i64, y: i64, text: &[u8], colour: [u8; 3]) {
+        self.text_scaled(x, y, text, colour, SCALE);
+    }
+
+    fn text_scaled(&mut self, x: i64, y: i64, text: &[u8], colour: [u8; 3], scale: u32) {
         for (k, &ch) in text.iter().enumerate() {
             let glyph = glyph(ch);
-            let gx = x + (k as u32 * ADVANCE) as i64;
+            let gx = x + (k as u32 * (GLYPH_W + 1) * scale) as i64;
             let y = if matches!(ch, b'g' | b'p' | b'q' | b'y') {
-                y + (DESCENT * SCALE) as i64
+                y + (DESCENT * scale) as i64
             } else {
                 y
             };
@@ -705,16 +823,32 @@ impl Canvas {
                 for col in 0..GLYPH_W {
                     if bits >> (GLYPH_W - 1 - col) & 1 == 1 {
                         self.fill(
-                            gx + (col * SCALE) as i64,
-                            y + (row as u32 * SCALE) as i64,
-                            SCALE,
-                            SCALE,
+                            gx + (col * scale) as i64,
+                            y + (row as u32 * scale) as i64,
+                            scale,
+                            scale,
                             colour,
                         );
                     }
                 }
             }
         }
+    }
+
+    /// `x` with a subscript `digit`, filling `r` ([`NAME_W`] × [`NAME_H`]).
+    fn axis_name(&mut self, r: Rect, digit: u8) {
+        self.text(r.x as i64, r.y as i64, b"x", INK);
+        let sub_y = r.y + NAME_H - GLYPH_H;
+        self.text_scaled((r.x + ADVANCE) as i64, sub_y as i64, &[digit], INK, 1);
+    }
+
+    /// A one-pixel frame just outside `r`.
+    fn frame(&mut self, r: Rect) {
+        let (fx, fy) = (r.x as i64 - 1, r.y as i64 - 1);
+        self.fill(fx, fy, r.w + 2, 1, FRAME);
+        self.fill(fx, (r.y + r.h) as i64, r.w + 2, 1, FRAME);
+        self.fill(fx, fy, 1, r.h + 2, FRAME);
+        self.fill((r.x + r.w) as i64, fy, 1, r.h + 2, FRAME);
     }
 }
 

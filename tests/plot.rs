@@ -6,9 +6,18 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use std::sync::OnceLock;
+
+use wmvl::app::{data_figure, data_grid, data_panels};
+use wmvl::data::Matrix;
+use wmvl::gpu::Gpu;
+use wmvl::model::{Arch, EnergyKind, HostParams, Model};
+use wmvl::ops::Fun;
 use wmvl::plot::{
     density_panels, log_density_to_density, render_density_panels, viridis, Figure, Grid, Heatmap,
+    Rect,
 };
+use wmvl::sample::Normal;
 use wmvl::Error;
 
 const YELLOW: [u8; 3] = [253, 231, 37];
@@ -80,7 +89,7 @@ fn is_dark(p: [u8; 3]) -> bool {
 }
 
 /// Dark pixels inside `r`.
-fn dark_pixels(rgb: &[u8], width: u32, r: wmvl::plot::Rect) -> usize {
+fn dark_pixels(rgb: &[u8], width: u32, r: Rect) -> usize {
     let mut n = 0;
     for y in r.y..r.y + r.h {
         for x in r.x..r.x + r.w {
@@ -151,7 +160,7 @@ fn gaussian_bump_figure_decodes_with_expected_pixels() {
         assert!(t.w > 0 && t.y + t.h < fig.plots[0].y);
         assert!(dark_pixels(&rgb, w, *t) > 50, "no title text in {t:?}");
     }
-    let title_band = wmvl::plot::Rect {
+    let title_band = Rect {
         x: 0,
         y: 0,
         w,
@@ -160,7 +169,7 @@ fn gaussian_bump_figure_decodes_with_expected_pixels() {
     assert!(dark_pixels(&rgb, w, title_band) > 100);
     for plot in &fig.plots {
         let top = fig.titles[0].y + fig.titles[0].h;
-        let gap = wmvl::plot::Rect {
+        let gap = Rect {
             x: plot.x,
             y: top,
             w: plot.w,
@@ -436,4 +445,208 @@ fn demo_figure() {
     density_panels(&path, &grid, &panels, caption).unwrap();
     let (w, h, _) = decode(&path);
     assert!(w > 0 && h > 0);
+}
+
+/// Luminance, to say which of two colours is brighter.
+fn lum(c: [u8; 3]) -> f64 {
+    0.2126 * c[0] as f64 + 0.7152 * c[1] as f64 + 0.0722 * c[2] as f64
+}
+
+#[test]
+fn colour_bar_runs_through_viridis_from_bottom_to_top() {
+    let grid = bump_grid();
+    let fig = render_density_panels(&grid, &[bump(&grid, "a"), bump(&grid, "b")], "").unwrap();
+    let bar = fig.colorbar;
+    let plot = fig.plots[1];
+    // As tall as the heatmaps, right of the last one, inside the image.
+    assert_eq!((bar.y, bar.h), (plot.y, plot.h));
+    assert!(bar.x > plot.x + plot.w && bar.x + bar.w < fig.width);
+    assert!(bar.w >= 8, "bar too thin: {bar:?}");
+    for row in 0..bar.h {
+        let t = (bar.h - 1 - row) as f64 / (bar.h - 1) as f64;
+        for x in [bar.x, bar.x + bar.w / 2, bar.x + bar.w - 1] {
+            assert_eq!(fig.pixel(x, bar.y + row), Some(viridis(t)), "row {row}");
+        }
+    }
+    assert_eq!(fig.pixel(bar.x, bar.y), Some(YELLOW));
+    assert_eq!(fig.pixel(bar.x, bar.y + bar.h - 1), Some(PURPLE));
+    // Framed, and labelled at both ends: "max" level with the top, "min" with the bottom.
+    assert!(is_dark(fig.pixel(bar.x - 1, bar.y + 5).unwrap()));
+    assert!(is_dark(fig.pixel(bar.x + bar.w, bar.y + 5).unwrap()));
+    let [top, bottom] = fig.colorbar_labels;
+    assert!(top.x > bar.x + bar.w && top.x + top.w <= fig.width);
+    assert!(top.y + top.h <= bar.y + bar.h / 2 && bottom.y >= bar.y + bar.h / 2);
+    for r in [top, bottom] {
+        assert!(
+            dark_pixels(&fig.rgb, fig.width, r) > 20,
+            "no label in {r:?}"
+        );
+    }
+    // The two labels differ ("max" and "min").
+    let ink = |r: Rect| -> Vec<bool> {
+        (0..r.h)
+            .flat_map(|y| (0..r.w).map(move |x| (x, y)))
+            .map(|(x, y)| is_dark(fig.pixel(r.x + x, r.y + y).unwrap()))
+            .collect()
+    };
+    assert_ne!(ink(top), ink(bottom));
+}
+
+#[test]
+fn axis_names_are_drawn_below_and_left_of_each_panel() {
+    let grid = bump_grid();
+    let fig = render_density_panels(&grid, &[bump(&grid, "a"), bump(&grid, "b")], "c").unwrap();
+    assert_eq!(fig.axis_names.len(), 2);
+    for (plot, [x1, x2]) in fig.plots.iter().zip(&fig.axis_names) {
+        // x₁ centred under the heatmap, below its tick labels, above the caption.
+        assert!(x1.y > plot.y + plot.h + 20, "{x1:?}");
+        assert!(x1.y + x1.h < fig.caption.y);
+        let centre = (x1.x + x1.w / 2) as i64;
+        assert!((centre - (plot.x + plot.w / 2) as i64).abs() <= 2);
+        // x₂ left of the heatmap and of its tick labels, at mid-height.
+        assert!(x2.x + x2.w + 20 < plot.x, "{x2:?}");
+        assert!(x2.y < plot.y + plot.h / 2 && x2.y + x2.h > plot.y + plot.h / 2);
+        for r in [x1, x2] {
+            assert!(
+                dark_pixels(&fig.rgb, fig.width, *r) > 20,
+                "no axis name in {r:?}"
+            );
+        }
+    }
+    // The names are the same drawing ("x" and a subscript) apart from the digit.
+    let [x1, x2] = fig.axis_names[0];
+    let ink =
+        |r: Rect, cols: u32| -> usize { dark_pixels(&fig.rgb, fig.width, Rect { w: cols, ..r }) };
+    assert_eq!(ink(x1, 10), ink(x2, 10), "the 'x' differs");
+}
+
+#[test]
+fn narrow_ranges_get_fractional_tick_labels() {
+    // A window 0.003 wide: integer ticks would leave the axes bare.
+    let grid = Grid::new(0.001, 0.004, -0.02, 0.01, 30, 30).unwrap();
+    let v: Vec<f64> = (0..900).map(|i| i as f64).collect();
+    let fig = render_density_panels(&grid, &[Heatmap::on_grid("narrow", &grid, v)], "").unwrap();
+    let p = fig.plots[0];
+    let below = Rect {
+        x: p.x.saturating_sub(20),
+        y: p.y + p.h + 6,
+        w: p.w + 40,
+        h: 20,
+    };
+    let left = Rect {
+        x: p.x - 60,
+        y: p.y,
+        w: 54,
+        h: p.h,
+    };
+    assert!(
+        dark_pixels(&fig.rgb, fig.width, below) > 100,
+        "no x tick labels"
+    );
+    assert!(
+        dark_pixels(&fig.rgb, fig.width, left) > 100,
+        "no y tick labels"
+    );
+    // Several tick marks just below the frame.
+    let marks = (p.x..p.x + p.w)
+        .filter(|&x| is_dark(fig.pixel(x, p.y + p.h + 3).unwrap()))
+        .count();
+    assert!((3..=20).contains(&marks), "{marks} tick marks");
+}
+
+fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| Gpu::new().unwrap_or_else(|e| panic!("cannot open a GPU adapter: {e}")))
+}
+
+/// Score-net energy with no hidden layer, E(x) = ½‖x − m‖² + const: a Gaussian at `m`.
+fn gaussian_at(m: [f32; 2]) -> Model<&'static Gpu> {
+    let g = gpu();
+    let arch = Arch {
+        kind: EnergyKind::ScoreNet,
+        dim: 2,
+        hidden: vec![],
+        act: Fun::Tanh,
+        spectral_norm: false,
+    };
+    let hp = HostParams {
+        weights: vec![(2, 2, vec![0.5, 0.0, 0.0, 0.5])],
+        biases: vec![(1, 2, vec![-m[0], -m[1]])],
+        sn_u: vec![None],
+    };
+    Model::from_host(arch, &hp, |r, c, d| g.upload(r, c, d)).unwrap()
+}
+
+#[test]
+fn data_figure_shows_a_histogram_of_the_data_next_to_the_model() {
+    // 400 points in a tight blob at (10, 20), and 40 spread over a wider square.
+    let mut rng = Normal::new(4);
+    let mut pts = Vec::new();
+    for _ in 0..400 {
+        pts.push(10.0 + 0.3 * rng.sample() as f32);
+        pts.push(20.0 + 0.3 * rng.sample() as f32);
+    }
+    for _ in 0..40 {
+        pts.push(10.0 + 4.0 * (rng.uniform() as f32 - 0.5));
+        pts.push(20.0 + 4.0 * (rng.uniform() as f32 - 0.5));
+    }
+    let data = Matrix::new(440, 2, pts).unwrap();
+    let grid = data_grid(&data).unwrap();
+    assert!(grid.xmin < 8.5 && grid.xmax > 11.5 && grid.ymin < 18.5 && grid.ymax > 21.5);
+    assert!(grid.xmax - grid.xmin < 8.0, "window too wide: {grid:?}");
+
+    let mut model = gaussian_at([10.0, 20.0]);
+    let (g2, panels) = data_panels(gpu(), &mut model, &data).unwrap();
+    assert_eq!(g2, grid);
+    assert_eq!(panels.len(), 2);
+    // The histogram counts the points inside the window; its peak is at the blob.
+    let hist = &panels[0].values;
+    let inside = hist.iter().sum::<f64>();
+    assert!((430.0..=440.0).contains(&inside), "{inside} points counted");
+    let pts = grid.points();
+    let peak = (0..hist.len())
+        .max_by(|&a, &b| hist[a].total_cmp(&hist[b]))
+        .unwrap();
+    let [peak_x, peak_y] = pts[peak];
+    assert!(
+        (peak_x - 10.0).abs() < 0.5 && (peak_y - 20.0).abs() < 0.5,
+        "peak at {:?}",
+        pts[peak]
+    );
+    // The model's panel peaks at its mode too.
+    let q = &panels[1].values;
+    let qpeak = (0..q.len()).max_by(|&a, &b| q[a].total_cmp(&q[b])).unwrap();
+    assert!((pts[qpeak][0] - 10.0).abs() < 0.2 && (pts[qpeak][1] - 20.0).abs() < 0.2);
+
+    // The figure file: the data panel is brighter at the blob than in a corner.
+    let dir = TempDir::new("data");
+    let path = dir.path("data.png");
+    data_figure(gpu(), &mut model, &data, "blob", &path).unwrap();
+    let fig = render_density_panels(&grid, &panels, "blob").unwrap();
+    let (w, h, rgb) = decode(&path);
+    assert_eq!((w, h), (fig.width, fig.height));
+    assert_eq!(rgb, fig.rgb);
+    let p = fig.plots[0];
+    let cell = fig.cell_px;
+    let (r, c) = ((peak / grid.nx) as u32, (peak % grid.nx) as u32);
+    let at_blob = px(&rgb, w, p.x + c * cell, p.y + r * cell);
+    let corner = px(&rgb, w, p.x, p.y);
+    assert!(
+        lum(at_blob) > lum(corner) + 100.0,
+        "{at_blob:?} vs {corner:?}"
+    );
+
+    // Not 2-D: refused with a message, nothing written.
+    let three = Matrix::new(2, 3, vec![0.0; 6]).unwrap();
+    let other = dir.path("three.png");
+    let err = data_figure(gpu(), &mut model, &three, "", &other).unwrap_err();
+    assert!(
+        matches!(&err, Error::Invalid(m) if m.contains("3 columns")),
+        "{err:?}"
+    );
+    assert!(!other.exists());
+    // One repeated point still gets a window.
+    let one = Matrix::new(3, 2, vec![5.0, -1.0, 5.0, -1.0, 5.0, -1.0]).unwrap();
+    let g = data_grid(&one).unwrap();
+    assert!(g.xmin < 5.0 && g.xmax > 5.0 && g.ymin < -1.0 && g.ymax > -1.0);
 }
