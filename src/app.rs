@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::checkpoint::Checkpoint;
-use crate::data::Toy;
+use crate::data::{Matrix, Toy};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::{Arch, HostParams, Model};
@@ -105,6 +105,109 @@ pub fn density_figure<'g>(
             log_density_to_density(&logq),
         ));
     }
+    density_panels(path, &grid, &panels, caption)
+}
+
+/// Cells along the longer side of a data figure's grid.
+const DATA_CELLS: usize = 100;
+
+/// The plotting window for 2-D data: per axis, the 0.5 % and 99.5 % quantiles widened by
+/// 12.5 % of their distance on each side (so stray points do not squash the plot). Cells
+/// are square when the two ranges are within a factor 2 of each other, otherwise the
+/// shorter side gets half the cells. Errors as [`data_figure`].
+pub fn data_grid(data: &Matrix) -> Result<Grid> {
+    check_2d(data)?;
+    let mut range = [(0.0, 0.0); 2];
+    for (axis, r) in range.iter_mut().enumerate() {
+        let mut v: Vec<f64> = data
+            .data
+            .iter()
+            .skip(axis)
+            .step_by(2)
+            .map(|&v| v as f64)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+        let (lo, hi) = (q(0.005), q(0.995));
+        // Identical values still need a window around them.
+        let width = (hi - lo).max(1e-3 * lo.abs().max(hi.abs()).max(1.0)) * 1.25;
+        let mid = 0.5 * (lo + hi);
+        *r = (mid - 0.5 * width, mid + 0.5 * width);
+    }
+    let (wx, wy) = (range[0].1 - range[0].0, range[1].1 - range[1].0);
+    let ratio = (wy / wx).clamp(0.5, 2.0);
+    let (nx, ny) = if ratio <= 1.0 {
+        (DATA_CELLS, (DATA_CELLS as f64 * ratio).round() as usize)
+    } else {
+        ((DATA_CELLS as f64 / ratio).round() as usize, DATA_CELLS)
+    };
+    Grid::new(range[0].0, range[0].1, range[1].0, range[1].1, nx, ny)
+}
+
+fn check_2d(data: &Matrix) -> Result<()> {
+    if data.cols != 2 {
+        return Err(Error::Invalid(format!(
+            "--plot draws 2-D data, but the data have {} columns; plot a 2-column data set \
+             or leave out --plot",
+            data.cols
+        )));
+    }
+    if data.rows == 0 || data.data.len() != 2 * data.rows {
+        return Err(Error::Invalid(
+            "no data points to plot; give a data set with at least one row".into(),
+        ));
+    }
+    if let Some(i) = data.data.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Invalid(format!(
+            "data row {} has a non-finite value; remove it before plotting",
+            i / 2 + 1
+        )));
+    }
+    Ok(())
+}
+
+/// The two panels of [`data_figure`] on [`data_grid`]: the data as a 2-D histogram (points
+/// per cell; points outside the window are left out) and the model's exp(−E).
+pub fn data_panels<'g>(
+    gpu: &'g Gpu,
+    model: &mut Model<&'g Gpu>,
+    data: &Matrix,
+) -> Result<(Grid, Vec<Heatmap>)> {
+    let grid = data_grid(data)?;
+    let dx = (grid.xmax - grid.xmin) / grid.nx as f64;
+    let dy = (grid.ymax - grid.ymin) / grid.ny as f64;
+    let mut counts = vec![0.0; grid.cells()];
+    for p in data.data.chunks(2) {
+        // Row 0 is the top (highest y), as the grid lays cells out.
+        let c = ((p[0] as f64 - grid.xmin) / dx).floor();
+        let r = ((grid.ymax - p[1] as f64) / dy).floor();
+        if (0.0..grid.nx as f64).contains(&c) && (0.0..grid.ny as f64).contains(&r) {
+            counts[r as usize * grid.nx + c as usize] += 1.0;
+        }
+    }
+    let pts = grid.points();
+    let x = gpu.upload(pts.len(), 2, &crate::data::to_f32(&pts))?;
+    let (e, _) = energy_and_score(gpu, model, &x, 4096)?;
+    let logq: Vec<f64> = e.iter().map(|&v| -(v as f64)).collect();
+    let panels = vec![
+        Heatmap::on_grid(format!("data ({} points)", data.rows), &grid, counts),
+        Heatmap::on_grid("learned exp(-E)", &grid, log_density_to_density(&logq)),
+    ];
+    Ok((grid, panels))
+}
+
+/// A PNG of 2-D data as a histogram next to the model's exp(−E), on a window chosen from the
+/// data ([`data_grid`]). Errors: [`Error::Invalid`] for data that are not 2-D, empty or not
+/// finite, or a model whose energy is not finite on the window; [`Error::Io`] when the file
+/// cannot be written.
+pub fn data_figure<'g>(
+    gpu: &'g Gpu,
+    model: &mut Model<&'g Gpu>,
+    data: &Matrix,
+    caption: &str,
+    path: &Path,
+) -> Result<()> {
+    let (grid, panels) = data_panels(gpu, model, data)?;
     density_panels(path, &grid, &panels, caption)
 }
 
