@@ -1,12 +1,29 @@
 //! Drawing samples from a trained energy model: unadjusted Langevin dynamics or MALA
 //! (Metropolis-adjusted Langevin). Energies and gradients come from the GPU; the accept/reject
 //! bookkeeping is done on the host, one read-back per step.
+//!
+//! Chains run in chunks of at most [`DEFAULT_CHUNK`] chains, and each finished chunk is
+//! handed to a callback, so memory stays bounded for any number of samples. Every chain draws
+//! its randomness (initial point, noise, accept/reject) from its own stream, named by
+//! (seed, chain index): the samples do not depend on the chunk size.
+//!
+//! ```no_run
+//! use wmvl::sample::{sample_points, Options, Sampler};
+//! # fn main() -> wmvl::Result<()> {
+//! # let gpu = wmvl::gpu::Gpu::new()?;
+//! # let (mut model, _) = wmvl::app::load_model(&gpu, "model.safetensors".as_ref())?;
+//! let opts = Options { sampler: Sampler::Mala, ..Options::default() };
+//! let s = sample_points(&gpu, &mut model, 1000, &opts, &mut |p| eprintln!("{}", p.line()))?;
+//! println!("acceptance {:.3}", s.acceptance);
+//! # Ok(()) }
+//! ```
 
 use rand_core::{RngCore, SeedableRng};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::Model;
+use crate::progress::{Progress, Reporter};
 use crate::train::energy_and_score;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,12 +52,24 @@ pub struct Normal {
     spare: Option<f64>,
 }
 
+/// SplitMix64's finaliser: a bijection of u64 that scatters nearby inputs.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 impl Normal {
     pub fn new(seed: u64) -> Normal {
         Normal {
             rng: rand_pcg::Pcg64::seed_from_u64(seed),
             spare: None,
         }
+    }
+    /// The stream of chain `chain` under `seed`. Hashed rather than using PCG's stream
+    /// parameter, whose streams from one state are known to be correlated.
+    pub fn for_chain(seed: u64, chain: u64) -> Normal {
+        Normal::new(mix(seed ^ mix(chain.wrapping_add(0x9e37_79b9_7f4a_7c15))))
     }
     pub fn uniform(&mut self) -> f64 {
         ((self.rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
@@ -57,6 +86,43 @@ impl Normal {
     }
 }
 
+/// Chains per chunk by default: 65 536 chains of a few dimensions take a few MiB.
+pub const DEFAULT_CHUNK: usize = 65_536;
+
+/// How to sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Options {
+    pub sampler: Sampler,
+    /// Steps per chain.
+    pub steps: usize,
+    /// Step size h.
+    pub step_size: f64,
+    pub seed: u64,
+    /// Chains start at N(0, init_std² I), drawn from their own streams.
+    pub init_std: f64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            sampler: Sampler::Langevin,
+            steps: 1000,
+            step_size: 1e-2,
+            seed: 0,
+            init_std: 1.0,
+        }
+    }
+}
+
+/// What a sampling run reports besides the points.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleStats {
+    pub chains: usize,
+    pub dim: usize,
+    /// MALA: the fraction of accepted proposals (1 for Langevin).
+    pub acceptance: f64,
+}
+
 /// What a sampling run produced.
 pub struct Samples {
     /// (n, d) row-major.
@@ -66,7 +132,90 @@ pub struct Samples {
     pub acceptance: f64,
 }
 
-/// Run `steps` steps of `sampler` with step size `h` from `init` ((n, d) row-major).
+/// Where chains start.
+enum Start<'a> {
+    /// N(0, std² I) from each chain's own stream.
+    Normal(f64),
+    /// Given points, (n, d) row-major.
+    Points(&'a [f32]),
+}
+
+/// Runs `n` chains in chunks of at most [`DEFAULT_CHUNK`], calling `on_chunk` with each
+/// finished chunk's points ((chunk rows, d) row-major, in chain order) and `progress` as it
+/// goes (unit: chain steps, i.e. steps × chains; chains when `opts.steps` is 0).
+///
+/// Errors: [`Error::Invalid`] for n = 0, a non-positive step size or a negative `init_std`,
+/// and when a chain leaves the finite numbers (the message names the step); whatever
+/// `on_chunk` returns, which stops sampling.
+pub fn sample_chunked<'g>(
+    gpu: &'g Gpu,
+    model: &mut Model<&'g Gpu>,
+    n: usize,
+    opts: &Options,
+    on_chunk: &mut dyn FnMut(&[f32]) -> Result<()>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<SampleStats> {
+    sample_chunked_by(gpu, model, n, opts, DEFAULT_CHUNK, on_chunk, progress)
+}
+
+/// [`sample_chunked`] with at most `chunk` chains at once (the samples do not depend on it).
+pub fn sample_chunked_by<'g>(
+    gpu: &'g Gpu,
+    model: &mut Model<&'g Gpu>,
+    n: usize,
+    opts: &Options,
+    chunk: usize,
+    on_chunk: &mut dyn FnMut(&[f32]) -> Result<()>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<SampleStats> {
+    if !(opts.init_std.is_finite() && opts.init_std >= 0.0) {
+        return Err(Error::Invalid(format!(
+            "the initial spread must be a finite number >= 0, got {}; use e.g. --init-std 1",
+            opts.init_std
+        )));
+    }
+    run(
+        gpu,
+        model,
+        n,
+        Start::Normal(opts.init_std),
+        opts,
+        chunk,
+        on_chunk,
+        progress,
+    )
+}
+
+/// [`sample_chunked`] collecting every point: for numbers of samples that fit in memory.
+pub fn sample_points<'g>(
+    gpu: &'g Gpu,
+    model: &mut Model<&'g Gpu>,
+    n: usize,
+    opts: &Options,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Samples> {
+    let mut points = Vec::new();
+    let stats = sample_chunked(
+        gpu,
+        model,
+        n,
+        opts,
+        &mut |c| {
+            points.extend_from_slice(c);
+            Ok(())
+        },
+        progress,
+    )?;
+    Ok(Samples {
+        points,
+        dim: stats.dim,
+        acceptance: stats.acceptance,
+    })
+}
+
+/// The former interface, kept for callers that make their own initial points ((n, d)
+/// row-major): runs `steps` steps of `sampler` with step size `h` and returns all points.
+/// `progress` is ignored (the library does not print); use [`sample_chunked`] for progress.
 #[allow(clippy::too_many_arguments)]
 pub fn sample<'g>(
     gpu: &'g Gpu,
@@ -78,85 +227,191 @@ pub fn sample<'g>(
     seed: u64,
     progress: bool,
 ) -> Result<Samples> {
+    let _ = progress;
     let d = model.arch.dim;
     if init.is_empty() || !init.len().is_multiple_of(d) {
         return Err(Error::Shape(format!(
-            "{} initial values for {d}-dimensional points",
+            "{} initial values for {d}-dimensional points; give a whole number of points",
             init.len()
         )));
     }
+    let opts = Options {
+        sampler,
+        steps,
+        step_size: h,
+        seed,
+        ..Options::default()
+    };
+    let mut points = Vec::with_capacity(init.len());
+    let stats = run(
+        gpu,
+        model,
+        init.len() / d,
+        Start::Points(&init),
+        &opts,
+        DEFAULT_CHUNK,
+        &mut |c| {
+            points.extend_from_slice(c);
+            Ok(())
+        },
+        &mut crate::progress::quiet,
+    )?;
+    Ok(Samples {
+        points,
+        dim: d,
+        acceptance: stats.acceptance,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run<'g>(
+    gpu: &'g Gpu,
+    model: &mut Model<&'g Gpu>,
+    n: usize,
+    start: Start<'_>,
+    cfg: &Options,
+    chunk: usize,
+    on_chunk: &mut dyn FnMut(&[f32]) -> Result<()>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<SampleStats> {
+    let d = model.arch.dim;
+    let h = cfg.step_size;
+    if n == 0 {
+        return Err(Error::Invalid(
+            "no chains to run; ask for at least one sample".into(),
+        ));
+    }
     if !(h.is_finite() && h > 0.0) {
         return Err(Error::Invalid(format!(
-            "step size must be positive, got {h}"
+            "step size must be positive, got {h}; use e.g. --step-size 0.01"
         )));
     }
-    let n = init.len() / d;
-    let mut rng = Normal::new(seed);
-    let mut x: Vec<f64> = init.iter().map(|&v| v as f64).collect();
-    let eval = |model: &mut Model<&'g Gpu>, x: &[f64]| -> Result<(Vec<f64>, Vec<f64>)> {
-        let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
-        let t = gpu.upload(n, d, &xf).map_err(|e| match e {
-            Error::Invalid(m) => Error::Diverged(format!(
-                "the sampler left the finite numbers ({m}); use a smaller --step-size"
-            )),
-            e => e,
-        })?;
-        let (e, s) = energy_and_score(gpu, model, &t, 4096)?;
-        Ok((
-            e.iter().map(|&v| v as f64).collect(),
-            s.iter().map(|&v| v as f64).collect(),
-        ))
-    };
-    let (mut e, mut s) = eval(model, &x)?;
+    if chunk == 0 {
+        return Err(Error::Invalid("chunk of 0 chains; use at least 1".into()));
+    }
+    let per_chain = cfg.steps.max(1);
+    let mut reporter = Reporter::new(
+        "sample",
+        "chain steps",
+        n.saturating_mul(per_chain),
+        progress,
+    );
     let (mut accepted, mut proposed) = (0usize, 0usize);
-    let sq = (2.0 * h).sqrt();
-    for step in 0..steps {
-        // Proposal: x' = x + h·score(x) + √(2h) z (score = −∇E).
+    for c0 in (0..n).step_by(chunk) {
+        let m = chunk.min(n - c0);
+        let mut rngs: Vec<Normal> = (c0..c0 + m)
+            .map(|c| Normal::for_chain(cfg.seed, c as u64))
+            .collect();
+        let mut x: Vec<f64> = match start {
+            Start::Normal(std) => rngs
+                .iter_mut()
+                .flat_map(|r| (0..d).map(|_| r.sample() * std).collect::<Vec<_>>())
+                .collect(),
+            Start::Points(p) => p[c0 * d..(c0 + m) * d].iter().map(|&v| v as f64).collect(),
+        };
+        let eval = |model: &mut Model<&'g Gpu>, x: &[f64], step: usize| {
+            eval_chunk(gpu, model, x, d, c0, step)
+        };
+        let (mut e, mut s) = eval(model, &x, 0)?;
+        let sq = (2.0 * h).sqrt();
         let mut xp = vec![0.0; x.len()];
-        for i in 0..x.len() {
-            xp[i] = x[i] + h * s[i] + sq * rng.sample();
-        }
-        let (ep, sp) = eval(model, &xp)?;
-        match sampler {
-            Sampler::Langevin => {
-                x = xp;
-                e = ep;
-                s = sp;
+        for step in 1..=cfg.steps {
+            // Proposal: x' = x + h·score(x) + √(2h) z (score = −∇E).
+            for (r, rng) in rngs.iter_mut().enumerate() {
+                for i in r * d..(r + 1) * d {
+                    xp[i] = x[i] + h * s[i] + sq * rng.sample();
+                }
             }
-            Sampler::Mala => {
-                for r in 0..n {
-                    let row = r * d..(r + 1) * d;
-                    // log q(x | x') − log q(x' | x), q(b | a) ∝ exp(−‖b − a − h·score(a)‖²/(4h)).
-                    let (mut fwd, mut back) = (0.0, 0.0);
-                    for i in row.clone() {
-                        let f = xp[i] - x[i] - h * s[i];
-                        let b = x[i] - xp[i] - h * sp[i];
-                        fwd += f * f;
-                        back += b * b;
-                    }
-                    let log_a = e[r] - ep[r] + (fwd - back) / (4.0 * h);
-                    proposed += 1;
-                    if rng.uniform().ln() < log_a {
-                        accepted += 1;
-                        x[row.clone()].copy_from_slice(&xp[row.clone()]);
-                        s[row.clone()].copy_from_slice(&sp[row]);
-                        e[r] = ep[r];
+            let (ep, sp) = eval(model, &xp, step)?;
+            match cfg.sampler {
+                Sampler::Langevin => {
+                    std::mem::swap(&mut x, &mut xp);
+                    e = ep;
+                    s = sp;
+                }
+                Sampler::Mala => {
+                    for (r, rng) in rngs.iter_mut().enumerate() {
+                        let row = r * d..(r + 1) * d;
+                        // log q(x | x') − log q(x' | x), q(b | a) ∝ exp(−‖b − a − h·score(a)‖²/(4h)).
+                        let (mut fwd, mut back) = (0.0, 0.0);
+                        for i in row.clone() {
+                            let f = xp[i] - x[i] - h * s[i];
+                            let b = x[i] - xp[i] - h * sp[i];
+                            fwd += f * f;
+                            back += b * b;
+                        }
+                        let log_a = e[r] - ep[r] + (fwd - back) / (4.0 * h);
+                        proposed += 1;
+                        if rng.uniform().ln() < log_a {
+                            accepted += 1;
+                            x[row.clone()].copy_from_slice(&xp[row.clone()]);
+                            s[row.clone()].copy_from_slice(&sp[row]);
+                            e[r] = ep[r];
+                        }
                     }
                 }
             }
+            let rate = (proposed > 0).then(|| accepted as f64 / proposed as f64);
+            reporter.update(c0 * per_chain + step * m, || {
+                rate.map(|a| format!("acceptance {a:.3}"))
+                    .unwrap_or_default()
+            });
         }
-        if progress && (step + 1) % 100.max(steps / 10).max(1) == 0 {
-            eprintln!("sample: step {}/{steps}", step + 1);
+        let points: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        on_chunk(&points)?;
+        if cfg.steps == 0 {
+            reporter.update(c0 + m, String::new);
         }
     }
-    let acceptance = if proposed > 0 {
-        accepted as f64 / proposed as f64
-    } else {
-        1.0
-    };
-    Ok(Samples {
-        points: x.iter().map(|&v| v as f32).collect(),
+    Ok(SampleStats {
+        chains: n,
         dim: d,
-        acceptance,
+        acceptance: if proposed > 0 {
+            accepted as f64 / proposed as f64
+        } else {
+            1.0
+        },
     })
+}
+
+/// Energies and scores of one chunk's points, refusing points, energies or scores that are
+/// not finite f32 numbers (the chains have run away; step 0 means the starting points).
+fn eval_chunk<'g>(
+    gpu: &'g Gpu,
+    model: &mut Model<&'g Gpu>,
+    x: &[f64],
+    d: usize,
+    first_chain: usize,
+    step: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let lost = |what: &str, i: usize| {
+        let chain = first_chain + i / d.max(1);
+        if step == 0 {
+            Error::Invalid(format!(
+                "{what} of chain {chain} is not a finite f32 at its starting point; \
+                 start the chains closer to the data (e.g. a smaller --init-std)"
+            ))
+        } else {
+            Error::Invalid(format!(
+                "sampling left the finite numbers at step {step} ({what} of chain {chain} \
+                 is not a finite f32); use a smaller --step-size"
+            ))
+        }
+    };
+    let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    if let Some(i) = xf.iter().position(|v| !v.is_finite()) {
+        return Err(lost("the position", i));
+    }
+    let t = gpu.upload(x.len() / d, d, &xf)?;
+    let (e, s) = energy_and_score(gpu, model, &t, 4096)?;
+    if let Some(r) = e.iter().position(|v| !v.is_finite()) {
+        return Err(lost("the energy", r * d));
+    }
+    if let Some(i) = s.iter().position(|v| !v.is_finite()) {
+        return Err(lost("the score", i));
+    }
+    Ok((
+        e.iter().map(|&v| v as f64).collect(),
+        s.iter().map(|&v| v as f64).collect(),
+    ))
 }
