@@ -84,13 +84,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         TrainConfig {
             objective: Objective::ExactSm,
             log_every: 10,
-            verbose: false,
             ..cfg.clone()
         },
     )?;
     let t = Instant::now();
     while t.elapsed() < budget && exact.steps_done < steps {
-        exact.cfg.steps = 10;
+        exact.cfg.steps = (exact.steps_done + 10).min(steps);
         exact.run()?;
     }
     println!(

@@ -46,7 +46,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         lr,
         lr_final: Some(lr_final),
         log_every: steps,
-        verbose: false,
         ..Default::default()
     };
     cfg.obj.eps = eps;

@@ -59,7 +59,6 @@ fn run_config(gpu: &Gpu, r: &Run, path: Path) -> wmvl::Result<()> {
         batch: b,
         lr: 4e-3,
         rule: Rule::RMSPROP_TORCH,
-        verbose: false,
         path,
         ..Default::default()
     };

@@ -21,8 +21,11 @@ pub enum Error {
     Invalid(String),
     /// File could not be read or written.
     Io(String),
-    /// Training produced NaN/Inf; the message names the step and what was kept.
+    /// Training produced NaN/Inf (or a loss beyond all scale); the message names the step and
+    /// what was kept.
     Diverged(String),
+    /// Stopped on request (Ctrl-C); the message says what was kept.
+    Interrupted(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -51,6 +54,7 @@ impl fmt::Display for Error {
             Error::Invalid(m) => write!(f, "invalid input: {m}"),
             Error::Io(m) => write!(f, "i/o: {m}"),
             Error::Diverged(m) => write!(f, "training diverged: {m}"),
+            Error::Interrupted(m) => write!(f, "interrupted: {m}"),
         }
     }
 }

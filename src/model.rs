@@ -76,7 +76,8 @@ impl Arch {
     pub fn validate(&self) -> Result<()> {
         if self.dim == 0 || self.hidden.contains(&0) {
             return Err(Error::Invalid(format!(
-                "model widths must be positive: {self:?}"
+                "model widths must be positive: input width {}, hidden widths {:?}",
+                self.dim, self.hidden
             )));
         }
         if let EnergyKind::Conditional { dz } = self.kind {
@@ -92,8 +93,9 @@ impl Arch {
             Fun::Swish | Fun::Tanh | Fun::Elu | Fun::Softplus | Fun::Sigmoid
         ) {
             return Err(Error::Invalid(format!(
-                "{:?} is not an activation; use swish, tanh, elu or softplus",
-                self.act
+                "{} is not an activation for a model; use {}",
+                act_name(self.act),
+                ACT_NAMES.join(", ")
             )));
         }
         Ok(())
@@ -112,6 +114,9 @@ pub fn act_name(f: Fun) -> &'static str {
     }
 }
 
+/// The activations a model can use, by name (see [`act_from_name`]).
+pub const ACT_NAMES: [&str; 5] = ["swish", "tanh", "sigmoid", "softplus", "elu"];
+
 pub fn act_from_name(s: &str) -> Result<Fun> {
     Ok(match s {
         "swish" => Fun::Swish,
@@ -121,7 +126,8 @@ pub fn act_from_name(s: &str) -> Result<Fun> {
         "sigmoid" => Fun::Sigmoid,
         _ => {
             return Err(Error::Invalid(format!(
-                "unknown activation {s:?}; use swish, tanh, elu, softplus or sigmoid"
+                "unknown activation {s:?}; use {}",
+                ACT_NAMES.join(", ")
             )))
         }
     })
@@ -138,6 +144,7 @@ pub struct Model<B: Backend> {
 }
 
 /// Host-side initial values, so that any device (and the CPU reference) starts identically.
+#[derive(Clone, Debug, PartialEq)]
 pub struct HostParams {
     pub weights: Vec<(usize, usize, Vec<f32>)>,
     pub biases: Vec<(usize, usize, Vec<f32>)>,

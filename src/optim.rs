@@ -202,6 +202,34 @@ impl Optimizer {
         &self.state
     }
 
+    /// The state variables (s1, s2) of all parameters, packed, read to the host: with `t`,
+    /// everything a resumed run needs to continue exactly where this one stopped.
+    pub fn state_host(&self, gpu: &Gpu) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((gpu.read(&self.packed.0)?, gpu.read(&self.packed.1)?))
+    }
+
+    /// Put back a state read by [`Optimizer::state_host`] (same parameter shapes), into the
+    /// same buffers (a fused step built on this optimiser keeps working).
+    pub fn load_state(&mut self, gpu: &Gpu, t: u32, s1: &[f32], s2: &[f32]) -> Result<()> {
+        let n = self.packed.0.shape().1;
+        if s1.len() != n || s2.len() != n {
+            return Err(Error::Shape(format!(
+                "optimiser state of {} and {} values for parameters packed in {n}",
+                s1.len(),
+                s2.len()
+            )));
+        }
+        if let Some(i) = s1.iter().chain(s2).position(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "optimiser state value {i} is not finite"
+            )));
+        }
+        gpu.copy_into(&gpu.upload(1, n, s1)?, &self.packed.0)?;
+        gpu.copy_into(&gpu.upload(1, n, s2)?, &self.packed.1)?;
+        self.t = t;
+        Ok(())
+    }
+
     /// The whole packed state buffers (s1, s2), in the layout of the parameters' packing.
     pub(crate) fn packed_state(&self) -> (&Tensor, &Tensor) {
         (&self.packed.0, &self.packed.1)

@@ -2,15 +2,17 @@
 //! loss read back only every `log_every` steps, held-out evaluation with early stopping, and
 //! divergence detection that falls back to the last good parameters.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::fused::{FusedData, FusedMvl, Path};
 use crate::gpu::{Gpu, Tensor};
-use crate::model::Model;
+use crate::model::{HostParams, Model};
 use crate::objective::{self, estimate, Energy, Objective};
 use crate::optim::{Optimizer, Rule};
+use crate::progress::Progress;
 use crate::rng::{Dist, Rng};
 use crate::tape::Tape;
 
@@ -22,6 +24,8 @@ const SUBMIT_EVERY: usize = 8;
 pub struct TrainConfig {
     pub objective: Objective,
     pub obj: objective::Config,
+    /// The run's length: [`Trainer::run`] trains until `steps_done` reaches it (a resumed
+    /// trainer continues from where its state says).
     pub steps: usize,
     pub batch: usize,
     pub lr: f32,
@@ -30,14 +34,17 @@ pub struct TrainConfig {
     pub lr_final: Option<f32>,
     pub rule: Rule,
     pub seed: u64,
-    /// Read the loss back (and print progress) every this many steps.
+    /// Read the loss back (and report progress) every this many steps.
     pub log_every: usize,
     /// Evaluate on the held-out set every this many steps (0: never).
     pub eval_every: usize,
     /// Stop after this many held-out evaluations without improvement (0: never).
     pub patience: usize,
-    /// Print progress lines.
-    pub verbose: bool,
+    /// Hand the callback an [`Event::Checkpoint`] every this many steps (0: never).
+    pub checkpoint_every: usize,
+    /// The run has diverged when |loss| exceeds this factor times max(1, |first loss|) (the
+    /// first loss is that of the initial parameters); 0 disables this (NaN/Inf always count).
+    pub diverge_factor: f64,
     /// Tape or fused kernels (`Auto`: fused wherever the model and objective allow).
     pub path: Path,
 }
@@ -56,7 +63,8 @@ impl Default for TrainConfig {
             log_every: 50,
             eval_every: 0,
             patience: 0,
-            verbose: true,
+            checkpoint_every: 0,
+            diverge_factor: 1e6,
             path: Path::Auto,
         }
     }
@@ -77,8 +85,43 @@ pub struct Summary {
     pub history: Vec<LogPoint>,
     /// Best held-out value and its step, when evaluated.
     pub best_heldout: Option<(usize, f64)>,
+    /// Stopped by the patience rule; the parameters were reset to the best held-out step.
     pub stopped_early: bool,
+    /// Stopped because the stop flag was raised (Ctrl-C); the parameters are those after
+    /// `steps_done`, whose loss was checked.
+    pub interrupted: bool,
+    /// The step whose parameters the model holds now (the best one after an early stop).
+    pub params_step: usize,
     pub seconds: f64,
+}
+
+/// What the training loop tells its caller.
+pub enum Event<'a> {
+    /// A loss reading (every `log_every` steps and at the end), with the run's progress.
+    Log {
+        point: &'a LogPoint,
+        progress: &'a Progress,
+    },
+    /// `checkpoint_every` steps have passed: the trainer's state is consistent, save it now.
+    Checkpoint,
+    /// The patience rule stopped the run; the parameters go back to `best_step`.
+    EarlyStop { best_step: usize },
+}
+
+/// Everything besides the parameters that a resumed run needs to continue exactly: the step,
+/// the random stream, the optimiser state and the early-stopping record.
+#[derive(Clone, Debug)]
+pub struct TrainState {
+    pub step: usize,
+    pub rng_stream: u64,
+    pub opt_t: u32,
+    pub opt_s1: Vec<f32>,
+    pub opt_s2: Vec<f32>,
+    /// Best held-out value so far: (step, value, its parameters).
+    pub best: Option<(usize, f64, HostParams)>,
+    pub since_best: usize,
+    /// |loss| of the initial parameters (the divergence rule's scale), once read.
+    pub first_loss: Option<f64>,
 }
 
 /// Parameters (and spectral-norm vectors) copied on the GPU.
@@ -102,6 +145,9 @@ pub struct Trainer<'g> {
     path_note: Option<String>,
     rng: Rng,
     pub steps_done: usize,
+    best: Option<(f64, Snapshot)>,
+    since_best: usize,
+    first_loss: Option<f64>,
 }
 
 /// The fused step with the training data (and held-out data) bound to it.
@@ -190,6 +236,9 @@ impl<'g> Trainer<'g> {
             path_note,
             rng,
             steps_done: 0,
+            best: None,
+            since_best: 0,
+            first_loss: None,
         })
     }
 
@@ -268,28 +317,48 @@ impl<'g> Trainer<'g> {
         Ok(())
     }
 
-    /// Train for `cfg.steps` steps (or until early stopping). On divergence (NaN/Inf loss)
-    /// the parameters go back to the last good state and `Error::Diverged` names the step.
+    /// Train until `cfg.steps` steps are done (or early stopping), quietly: [`Trainer::run_with`]
+    /// without a callback or stop flag.
     pub fn run(&mut self) -> Result<Summary> {
+        self.run_with(&mut |_, _| Ok(()), None)
+    }
+
+    /// Train until `steps_done` reaches `cfg.steps`, early stopping, or `stop` being raised
+    /// (checked every step). `on_event` hears of every loss reading, checkpoint and early stop,
+    /// with the trainer (to save it); an error it returns ends the run.
+    ///
+    /// Divergence — a NaN/Inf loss or held-out value, or |loss| beyond `cfg.diverge_factor`
+    /// times max(1, |initial loss|) — resets the parameters to the last good reading and
+    /// returns `Error::Diverged` naming both steps.
+    pub fn run_with(
+        &mut self,
+        on_event: &mut dyn FnMut(&Event, &Trainer<'g>) -> Result<()>,
+        stop: Option<&AtomicBool>,
+    ) -> Result<Summary> {
         let start = Instant::now();
         let mut history = Vec::new();
         let mut good = self.snapshot()?;
-        let mut best: Option<(f64, Snapshot)> = None;
-        let mut since_best = 0;
         let mut stopped_early = false;
+        let mut interrupted = false;
+        let mut params_step = self.steps_done;
         let total = self.cfg.steps;
         let first = self.steps_done;
-        while self.steps_done < first + total {
+        while self.steps_done < total {
             if let Some(end) = self.cfg.lr_final {
-                let frac = (self.steps_done - first) as f32 / total.max(1) as f32;
+                let frac = self.steps_done as f32 / total.max(1) as f32;
                 self.opt.lr = self.cfg.lr + (end - self.cfg.lr) * frac;
             }
             let loss_t = self.record_step()?;
-            let done = self.steps_done - first;
-            let log_now = done.is_multiple_of(self.cfg.log_every) || done == total;
-            let eval_now = self.cfg.eval_every > 0
-                && (done.is_multiple_of(self.cfg.eval_every) || done == total);
-            if !(log_now || eval_now) {
+            let done = self.steps_done;
+            params_step = done;
+            let stopping = stop.is_some_and(|s| s.load(Ordering::Relaxed));
+            let every = |k: usize| k > 0 && done.is_multiple_of(k);
+            let log_now = every(self.cfg.log_every) || done == total || stopping;
+            let eval_now = self.cfg.eval_every > 0 && (every(self.cfg.eval_every) || done == total);
+            let checkpoint_now = every(self.cfg.checkpoint_every);
+            // The first step's loss is that of the initial parameters: the divergence scale.
+            let first_now = self.first_loss.is_none();
+            if !(log_now || eval_now || checkpoint_now || first_now) {
                 // Hand the GPU what is recorded every few steps without waiting, so that it
                 // runs them while the next ones are recorded.
                 if done.is_multiple_of(SUBMIT_EVERY) {
@@ -299,75 +368,192 @@ impl<'g> Trainer<'g> {
             }
             // The only host round trip: one number every log_every steps.
             let loss = self.gpu.read(&loss_t)?[0] as f64;
-            if !loss.is_finite() {
-                let at = self.steps_done;
-                self.restore(&good)?;
-                return Err(Error::Diverged(format!(
-                    "the loss became {loss} by step {at} (last finite reading at step {}); the parameters were reset to that step — lower the learning rate or the step size",
-                    good.step
-                )));
+            if first_now && loss.is_finite() {
+                self.first_loss = Some(loss.abs());
             }
-            good = self.snapshot()?;
             let heldout = if eval_now {
                 self.heldout_value()?
             } else {
                 None
             };
+            if let Some(why) = self.divergence(loss, heldout) {
+                self.restore(&good)?;
+                return Err(Error::Diverged(format!(
+                    "{why} by step {done} (last good reading at step {}); the parameters were reset to that step — lower the learning rate or the step size",
+                    good.step
+                )));
+            }
+            good = self.snapshot()?;
             if let Some(h) = heldout {
-                if best.as_ref().is_none_or(|(b, _)| h < *b) {
-                    best = Some((h, self.snapshot()?));
-                    since_best = 0;
+                if self.best.as_ref().is_none_or(|(b, _)| h < *b) {
+                    self.best = Some((h, self.snapshot()?));
+                    self.since_best = 0;
                 } else {
-                    since_best += 1;
+                    self.since_best += 1;
                 }
             }
-            history.push(LogPoint {
-                step: self.steps_done,
-                loss,
-                heldout,
-            });
-            if self.cfg.verbose {
-                let rate = done as f64 / start.elapsed().as_secs_f64();
-                let h = heldout
-                    .map(|h| format!("  held-out {h:.4}"))
-                    .unwrap_or_default();
+            if log_now || eval_now {
+                let point = LogPoint {
+                    step: done,
+                    loss,
+                    heldout,
+                };
                 let label = if self.cfg.objective.is_loss() {
                     "loss"
                 } else {
                     "cd-1 surrogate (not a loss)"
                 };
-                println!(
-                    "step {:>6}/{}  {label} {loss:.4}{h}  ({rate:.1} steps/s)",
-                    self.steps_done,
-                    first + total
-                );
+                let progress = Progress {
+                    what: "train",
+                    done: done - first,
+                    total: total - first,
+                    unit: "steps",
+                    elapsed: start.elapsed(),
+                    detail: format!(
+                        "step {done}/{total}  {label} {loss:.4}{}",
+                        heldout
+                            .map(|h| format!("  held-out {h:.4}"))
+                            .unwrap_or_default()
+                    ),
+                };
+                on_event(
+                    &Event::Log {
+                        point: &point,
+                        progress: &progress,
+                    },
+                    self,
+                )?;
+                history.push(point);
             }
-            if self.cfg.patience > 0 && since_best >= self.cfg.patience {
+            if checkpoint_now {
+                on_event(&Event::Checkpoint, self)?;
+            }
+            if self.cfg.patience > 0 && self.since_best >= self.cfg.patience {
                 stopped_early = true;
-                if self.cfg.verbose {
-                    println!(
-                        "early stop: no held-out improvement in {} evaluations",
-                        self.cfg.patience
-                    );
+                if let Some((_, snap)) = &self.best {
+                    let best_step = snap.step;
+                    let snap = self.copy_snapshot(snap)?;
+                    self.restore(&snap)?;
+                    params_step = best_step;
+                    on_event(&Event::EarlyStop { best_step }, self)?;
                 }
                 break;
             }
-        }
-        let mut best_heldout = None;
-        if let Some((h, snap)) = best {
-            best_heldout = Some((snap.step, h));
-            if stopped_early {
-                self.restore(&snap)?;
+            if stopping {
+                interrupted = true;
+                break;
             }
         }
         self.gpu.sync()?;
         Ok(Summary {
-            steps_done: self.steps_done - first,
+            steps_done: self.steps_done.saturating_sub(first),
             history,
-            best_heldout,
+            best_heldout: self.best_heldout(),
             stopped_early,
+            interrupted,
+            params_step,
             seconds: start.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Why the run counts as diverged at this reading, if it does.
+    fn divergence(&self, loss: f64, heldout: Option<f64>) -> Option<String> {
+        if !loss.is_finite() {
+            return Some(format!("the loss became {loss}"));
+        }
+        if let Some(h) = heldout.filter(|h| !h.is_finite()) {
+            return Some(format!("the held-out value became {h}"));
+        }
+        let limit = self.cfg.diverge_factor * self.first_loss.unwrap_or(1.0).max(1.0);
+        (self.cfg.diverge_factor > 0.0 && loss.abs() > limit).then(|| {
+            format!(
+                "the loss reached {loss:.3e}, beyond {:.0e} × its initial scale",
+                self.cfg.diverge_factor
+            )
+        })
+    }
+
+    /// Best held-out (step, value) so far, when evaluated.
+    pub fn best_heldout(&self) -> Option<(usize, f64)> {
+        self.best.as_ref().map(|(h, s)| (s.step, *h))
+    }
+
+    /// Put the parameters of the best held-out evaluation back (for `--keep best`); returns
+    /// its step, or None when there was no held-out evaluation.
+    pub fn restore_best(&mut self) -> Result<Option<usize>> {
+        let Some((_, snap)) = &self.best else {
+            return Ok(None);
+        };
+        let step = snap.step;
+        let snap = self.copy_snapshot(snap)?;
+        self.restore(&snap)?;
+        Ok(Some(step))
+    }
+
+    fn copy_snapshot(&self, s: &Snapshot) -> Result<Snapshot> {
+        let g = self.gpu;
+        let all = |ts: &[Tensor]| ts.iter().map(|t| copy(g, t)).collect::<Result<Vec<_>>>();
+        Ok(Snapshot {
+            step: s.step,
+            weights: all(&s.weights)?,
+            biases: all(&s.biases)?,
+            sn_u: copy_sn(g, &s.sn_u)?,
+        })
+    }
+
+    /// The state a resumed run needs (parameters aside: see [`Model::to_host`]).
+    pub fn state(&self) -> Result<TrainState> {
+        let (opt_s1, opt_s2) = self.opt.state_host(self.gpu)?;
+        let best = match &self.best {
+            Some((h, s)) => {
+                let m: Model<&Gpu> = Model {
+                    arch: self.model.arch.clone(),
+                    weights: s.weights.clone(),
+                    biases: s.biases.clone(),
+                    sn_u: s.sn_u.clone(),
+                };
+                Some((s.step, *h, m.to_host(|t| self.gpu.read(t))?))
+            }
+            None => None,
+        };
+        Ok(TrainState {
+            step: self.steps_done,
+            rng_stream: self.rng.stream,
+            opt_t: self.opt.t,
+            opt_s1,
+            opt_s2,
+            best,
+            since_best: self.since_best,
+            first_loss: self.first_loss,
+        })
+    }
+
+    /// Continue from `state` (the model given to [`Trainer::new`] holds its parameters).
+    pub fn set_state(&mut self, state: &TrainState) -> Result<()> {
+        self.opt
+            .load_state(self.gpu, state.opt_t, &state.opt_s1, &state.opt_s2)?;
+        self.steps_done = state.step;
+        self.rng.stream = state.rng_stream;
+        self.since_best = state.since_best;
+        self.first_loss = state.first_loss;
+        self.best = match &state.best {
+            Some((step, h, hp)) => {
+                let m: Model<&Gpu> = Model::from_host(self.model.arch.clone(), hp, |r, c, d| {
+                    self.gpu.upload(r, c, d)
+                })?;
+                Some((
+                    *h,
+                    Snapshot {
+                        step: *step,
+                        weights: m.weights,
+                        biases: m.biases,
+                        sn_u: m.sn_u,
+                    },
+                ))
+            }
+            None => None,
+        };
+        Ok(())
     }
 
     /// The objective (SSM-VR for CD-1, which has none) averaged over the held-out set, with a

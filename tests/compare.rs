@@ -30,7 +30,6 @@ fn every_objective_learns_banana() {
         lr_final: Some(1e-3),
         seed: 7,
         log_every: 200,
-        verbose: false,
         ..Default::default()
     };
     // The untrained model, on the same evaluation samples as the trained ones.
@@ -83,7 +82,6 @@ fn score_matching_objectives_agree_within_ten_percent() {
         lr_final: Some(5e-5),
         seed: 0,
         log_every: 3000,
-        verbose: false,
         ..Default::default()
     };
     let objectives = [

@@ -359,7 +359,6 @@ fn banana_trainer_eps<'g>(g: &'g Gpu, path: Path, rule: Rule, eps: f32) -> Resul
         batch: 64,
         rule,
         log_every: 5,
-        verbose: false,
         path,
         ..Default::default()
     };
@@ -520,7 +519,6 @@ fn unsupported_and_oversized_are_refused() -> Result<()> {
             let cfg = TrainConfig {
                 objective,
                 batch: 10,
-                verbose: false,
                 path,
                 ..Default::default()
             };
@@ -561,7 +559,6 @@ fn unsupported_and_oversized_are_refused() -> Result<()> {
     let model = Model::from_host(Arch::paper(2), &hp, |r, c, d| g.upload(r, c, d))?;
     let cfg = TrainConfig {
         batch: 50_000_000,
-        verbose: false,
         ..Default::default()
     };
     let t = Trainer::new(g, model, data.clone(), None, cfg)?;
@@ -587,7 +584,6 @@ fn unsupported_and_oversized_are_refused() -> Result<()> {
     let model = Model::from_host(wide, &hp, |r, c, d| g.upload(r, c, d))?;
     let cfg = TrainConfig {
         batch: 100,
-        verbose: false,
         ..Default::default()
     };
     let t = Trainer::new(g, model, data.clone(), None, cfg)?;

@@ -95,8 +95,47 @@ pub struct Gpu {
     subgroup_core: bool,
 }
 
-fn backends_from_env() -> wgpu::Backends {
-    wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY)
+/// The backends `WGPU_BACKEND` names (comma-separated), or the primary ones when unset.
+fn backends_from_env() -> Result<wgpu::Backends> {
+    let Ok(list) = std::env::var("WGPU_BACKEND") else {
+        return Ok(wgpu::Backends::PRIMARY);
+    };
+    let backends = wgpu::Backends::from_comma_list(&list);
+    if backends.is_empty() {
+        return Err(Error::Invalid(format!(
+            "WGPU_BACKEND={list:?} names no backend; use vulkan, metal, dx12 or gl (comma-separated), or unset it"
+        )));
+    }
+    Ok(backends)
+}
+
+/// `vulkan, gl` rather than wgpu's `Backends(VULKAN | GL)`.
+fn backend_names(b: wgpu::Backends) -> String {
+    let all = [
+        (wgpu::Backends::VULKAN, "vulkan"),
+        (wgpu::Backends::METAL, "metal"),
+        (wgpu::Backends::DX12, "dx12"),
+        (wgpu::Backends::GL, "gl"),
+        (wgpu::Backends::BROWSER_WEBGPU, "webgpu"),
+    ];
+    let names: Vec<&str> = all
+        .iter()
+        .filter(|(f, _)| b.contains(*f))
+        .map(|(_, n)| *n)
+        .collect();
+    names.join(", ")
+}
+
+/// `WMVL_KERNELS`: unset (or empty) chooses by adapter; `gpu` or `cpu` force a kernel family.
+fn kernels_from_env() -> Result<Option<&'static str>> {
+    match std::env::var("WMVL_KERNELS").as_deref() {
+        Err(_) | Ok("") => Ok(None),
+        Ok("gpu") => Ok(Some("gpu")),
+        Ok("cpu") => Ok(Some("cpu")),
+        Ok(other) => Err(Error::Invalid(format!(
+            "WMVL_KERNELS={other:?}: use gpu (tiled kernels) or cpu (barrier-free kernels), or unset it to choose by adapter"
+        ))),
+    }
 }
 
 fn type_rank(t: wgpu::DeviceType) -> u8 {
@@ -124,14 +163,16 @@ impl Gpu {
     }
 
     async fn new_async(barrier_free: Option<bool>) -> Result<Gpu> {
-        let backends = backends_from_env();
+        let backends = backends_from_env()?;
+        let kernels = kernels_from_env()?;
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         desc.backends = backends;
         let instance = wgpu::Instance::new(desc);
         let mut adapters = instance.enumerate_adapters(backends).await;
         if adapters.is_empty() {
             return Err(Error::NoAdapter(format!(
-                "{NO_ADAPTER_HINT} (backends searched: {backends:?})"
+                "{NO_ADAPTER_HINT} (backends searched: {})",
+                backend_names(backends)
             )));
         }
         adapters.sort_by_key(|a| type_rank(a.get_info().device_type));
@@ -229,14 +270,10 @@ impl Gpu {
             dummy,
             error,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
-            subgroup_core: !matches!(
-                std::env::var("WMVL_KERNELS").as_deref(),
-                Ok("gpu") | Ok("cpu")
-            ),
-            barrier_free: barrier_free.unwrap_or(match std::env::var("WMVL_KERNELS").as_deref() {
-                Ok("gpu") => false,
-                Ok("cpu") => true,
-                _ => info.device_type == wgpu::DeviceType::Cpu,
+            subgroup_core: kernels.is_none(),
+            barrier_free: barrier_free.unwrap_or(match kernels {
+                Some(k) => k == "cpu",
+                None => info.device_type == wgpu::DeviceType::Cpu,
             }),
         };
         gpu.check()?;
