@@ -42,48 +42,9 @@
 //! an existing file only once every row has been written.
 
 use crate::error::{Error, Result};
-use rand_core::{RngCore, SeedableRng};
-use rand_pcg::Pcg64;
+use crate::rng::HostRng;
 use std::f64::consts::TAU;
 use std::path::Path;
-
-// ---------------------------------------------------------------------------------
-// Random numbers (CPU)
-// ---------------------------------------------------------------------------------
-
-/// Uniform and standard-normal draws from a seeded PCG64 stream.
-struct Draws {
-    rng: Pcg64,
-    spare: Option<f64>,
-}
-
-impl Draws {
-    fn new(seed: u64) -> Self {
-        Draws {
-            rng: Pcg64::seed_from_u64(seed),
-            spare: None,
-        }
-    }
-
-    /// Uniform on [0, 1), 53 random bits.
-    fn uniform(&mut self) -> f64 {
-        (self.rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Standard normal by Box–Muller: with u₁ ∈ (0, 1], u₂ ∈ [0, 1),
-    /// z₁ = √(−2 ln u₁) cos(2πu₂), z₂ = √(−2 ln u₁) sin(2πu₂) (z₂ kept for the next call).
-    fn normal(&mut self) -> f64 {
-        if let Some(z) = self.spare.take() {
-            return z;
-        }
-        let u1 = 1.0 - self.uniform();
-        let u2 = self.uniform();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let (s, c) = (TAU * u2).sin_cos();
-        self.spare = Some(r * s);
-        r * c
-    }
-}
 
 // ---------------------------------------------------------------------------------
 // Toy densities
@@ -158,7 +119,7 @@ impl Toy {
     /// - ring: ρ = 5 + 0.2z, θ = 2πu, x = ρ(cos θ, sin θ).
     /// - multiring: R = 1, 3, 5 with probability 1/9, 3/9, 5/9, then as ring with ρ = R + 0.2z.
     pub fn sample(self, n: usize, seed: u64) -> Vec<[f64; 2]> {
-        let mut d = Draws::new(seed);
+        let mut d = HostRng::new(seed);
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             let p = match self {

@@ -27,7 +27,7 @@ use crate::data::Matrix;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::Model;
-use crate::sample::Normal;
+use crate::rng::HostRng;
 use crate::train::energy_and_score;
 
 /// Shell radii in units of the data's radius R.
@@ -213,10 +213,10 @@ fn check<'g>(
     let reference = quantile(&data_e, 0.01);
 
     // The same directions on every shell, so that shells compare along the same rays.
-    let mut rng = Normal::new(seed);
+    let mut rng = HostRng::new(seed);
     let mut dirs = Vec::with_capacity(DIRECTIONS * d);
     for _ in 0..DIRECTIONS {
-        let z: Vec<f64> = (0..d).map(|_| rng.sample()).collect();
+        let z: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
         let n = z.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-300);
         dirs.extend(z.iter().map(|v| v / n));
     }

@@ -5,7 +5,7 @@
 //! the parameters become tape leaves (the things we differentiate with respect to), spectral
 //! norm does its power iteration, and the bound model evaluates energies as tape values.
 
-use rand_core::{RngCore, SeedableRng};
+use crate::rng::HostRng;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -151,9 +151,8 @@ pub struct HostParams {
     pub sn_u: Vec<Option<(usize, usize, Vec<f32>)>>,
 }
 
-fn uniform(rng: &mut rand_pcg::Pcg64, lim: f64) -> f32 {
-    let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    ((2.0 * u - 1.0) * lim) as f32
+fn uniform(rng: &mut HostRng, lim: f64) -> f32 {
+    ((2.0 * rng.uniform() - 1.0) * lim) as f32
 }
 
 impl HostParams {
@@ -168,7 +167,7 @@ impl HostParams {
     /// Seeded initial parameters for `arch`.
     pub fn init(arch: &Arch, init: Init, seed: u64) -> Result<HostParams> {
         arch.validate()?;
-        let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+        let mut rng = HostRng::new(seed);
         let shapes = arch.layer_shapes();
         let last = shapes.len() - 1;
         let mut hp = HostParams::empty();

@@ -32,9 +32,8 @@ impl Progress {
     /// Time left at the rate so far (None before the first unit).
     pub fn remaining(&self) -> Option<Duration> {
         let rate = self.rate();
-        (self.done > 0 && rate > 0.0).then(|| {
-            Duration::from_secs_f64(self.total.saturating_sub(self.done) as f64 / rate)
-        })
+        (self.done > 0 && rate > 0.0)
+            .then(|| Duration::from_secs_f64(self.total.saturating_sub(self.done) as f64 / rate))
     }
 
     /// One line for a terminal: `sample 3000/10000 samples (30 %), 512.0 samples/s, 14 s left`.

@@ -1,6 +1,9 @@
-//! Counter-based random numbers: Philox4x32-10, the same stream on the GPU
-//! (`shaders/philox.wgsl`) and here. A draw is named by (seed, stream): the same pair
-//! always gives the same numbers, on any device, in any order of draws.
+//! Random numbers. On the device: counter-based Philox4x32-10, the same stream on the GPU
+//! (`shaders/philox.wgsl`) and here; a draw is named by (seed, stream): the same pair always
+//! gives the same numbers, on any device, in any order of draws. On the host: [`HostRng`],
+//! the one sequential generator (toy data, initial parameters, sampler chains, shuffles).
+
+use rand_core::{RngCore, SeedableRng};
 
 /// Distribution of a random fill.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -112,5 +115,54 @@ impl Rng {
     pub fn next_draw(&mut self) -> (u64, u64) {
         self.stream += 1;
         (self.seed, self.stream)
+    }
+}
+
+/// The host's random numbers: a seeded PCG64 stream with uniform and standard-normal draws.
+/// Ours rather than rand_distr's: rand's value streams may change between minor versions,
+/// and every seed here must give the same data, initial model and samples in every release.
+pub struct HostRng {
+    rng: rand_pcg::Pcg64,
+    spare: Option<f64>,
+}
+
+/// SplitMix64's finaliser: a bijection of u64 that scatters nearby inputs.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl HostRng {
+    pub fn new(seed: u64) -> HostRng {
+        HostRng {
+            rng: rand_pcg::Pcg64::seed_from_u64(seed),
+            spare: None,
+        }
+    }
+
+    /// Stream `k` of `seed` (one per sampler chain, say). Hashed rather than using PCG's
+    /// stream parameter, whose streams from one state are known to be correlated.
+    pub fn for_stream(seed: u64, k: u64) -> HostRng {
+        HostRng::new(mix(seed ^ mix(k.wrapping_add(0x9e37_79b9_7f4a_7c15))))
+    }
+
+    /// Uniform on [0, 1), 53 random bits.
+    pub fn uniform(&mut self) -> f64 {
+        (self.rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Standard normal by Box–Muller: with u₁ ∈ (0, 1], u₂ ∈ [0, 1),
+    /// z₁ = √(−2 ln u₁) cos(2πu₂), z₂ = √(−2 ln u₁) sin(2πu₂) (z₂ kept for the next call).
+    pub fn normal(&mut self) -> f64 {
+        if let Some(z) = self.spare.take() {
+            return z;
+        }
+        let u1 = 1.0 - self.uniform();
+        let u2 = self.uniform();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+        self.spare = Some(r * s);
+        r * c
     }
 }

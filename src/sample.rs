@@ -18,12 +18,11 @@
 //! # Ok(()) }
 //! ```
 
-use rand_core::{RngCore, SeedableRng};
-
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::Model;
 use crate::progress::{Progress, Reporter};
+use crate::rng::HostRng;
 use crate::train::energy_and_score;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,46 +42,6 @@ impl Sampler {
                 "unknown sampler {s:?}; use langevin or mala"
             ))),
         }
-    }
-}
-
-/// Standard normal draws from a seeded PCG (Box–Muller).
-pub struct Normal {
-    rng: rand_pcg::Pcg64,
-    spare: Option<f64>,
-}
-
-/// SplitMix64's finaliser: a bijection of u64 that scatters nearby inputs.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-impl Normal {
-    pub fn new(seed: u64) -> Normal {
-        Normal {
-            rng: rand_pcg::Pcg64::seed_from_u64(seed),
-            spare: None,
-        }
-    }
-    /// The stream of chain `chain` under `seed`. Hashed rather than using PCG's stream
-    /// parameter, whose streams from one state are known to be correlated.
-    pub fn for_chain(seed: u64, chain: u64) -> Normal {
-        Normal::new(mix(seed ^ mix(chain.wrapping_add(0x9e37_79b9_7f4a_7c15))))
-    }
-    pub fn uniform(&mut self) -> f64 {
-        ((self.rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    pub fn sample(&mut self) -> f64 {
-        if let Some(s) = self.spare.take() {
-            return s;
-        }
-        let (u1, u2) = (self.uniform(), self.uniform());
-        let r = (-2.0 * u1.ln()).sqrt();
-        let t = std::f64::consts::TAU * u2;
-        self.spare = Some(r * t.sin());
-        r * t.cos()
     }
 }
 
@@ -299,13 +258,13 @@ fn run<'g>(
     let (mut accepted, mut proposed) = (0usize, 0usize);
     for c0 in (0..n).step_by(chunk) {
         let m = chunk.min(n - c0);
-        let mut rngs: Vec<Normal> = (c0..c0 + m)
-            .map(|c| Normal::for_chain(cfg.seed, c as u64))
+        let mut rngs: Vec<HostRng> = (c0..c0 + m)
+            .map(|c| HostRng::for_stream(cfg.seed, c as u64))
             .collect();
         let mut x: Vec<f64> = match start {
             Start::Normal(std) => rngs
                 .iter_mut()
-                .flat_map(|r| (0..d).map(|_| r.sample() * std).collect::<Vec<_>>())
+                .flat_map(|r| (0..d).map(|_| r.normal() * std).collect::<Vec<_>>())
                 .collect(),
             Start::Points(p) => p[c0 * d..(c0 + m) * d].iter().map(|&v| v as f64).collect(),
         };
@@ -319,7 +278,7 @@ fn run<'g>(
             // Proposal: x' = x + h·score(x) + √(2h) z (score = −∇E).
             for (r, rng) in rngs.iter_mut().enumerate() {
                 for i in r * d..(r + 1) * d {
-                    xp[i] = x[i] + h * s[i] + sq * rng.sample();
+                    xp[i] = x[i] + h * s[i] + sq * rng.normal();
                 }
             }
             let (ep, sp) = eval(model, &xp, step)?;

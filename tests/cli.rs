@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 use common::*;
 use wmvl::checkpoint::Checkpoint;
 use wmvl::data::{load_npy, save_npy, Toy};
-use wmvl::sample::Normal;
+use wmvl::rng::HostRng;
 
 // ---------------------------------------------------------------------------------
 // the shared model
@@ -610,7 +610,7 @@ fn bad_checkpoints_are_refused_by_name() {
     let d = &t.0;
     let good = fs::read(t.path("model.safetensors")).unwrap();
     // Random bytes (deterministic), and a good file cut short.
-    let mut rng = Normal::new(99);
+    let mut rng = HostRng::new(99);
     let noise: Vec<u8> = (0..1000).map(|_| (rng.uniform() * 256.0) as u8).collect();
     fs::write(t.path("random.safetensors"), noise).unwrap();
     fs::write(t.path("truncated.safetensors"), &good[..good.len() * 2 / 3]).unwrap();

@@ -17,7 +17,7 @@ use wmvl::plot::{
     density_panels, log_density_to_density, render_density_panels, viridis, Figure, Grid, Heatmap,
     Rect,
 };
-use wmvl::sample::Normal;
+use wmvl::rng::HostRng;
 use wmvl::Error;
 
 const YELLOW: [u8; 3] = [253, 231, 37];
@@ -580,11 +580,11 @@ fn gaussian_at(m: [f32; 2]) -> Model<&'static Gpu> {
 #[test]
 fn data_figure_shows_a_histogram_of_the_data_next_to_the_model() {
     // 400 points in a tight blob at (10, 20), and 40 spread over a wider square.
-    let mut rng = Normal::new(4);
+    let mut rng = HostRng::new(4);
     let mut pts = Vec::new();
     for _ in 0..400 {
-        pts.push(10.0 + 0.3 * rng.sample() as f32);
-        pts.push(20.0 + 0.3 * rng.sample() as f32);
+        pts.push(10.0 + 0.3 * rng.normal() as f32);
+        pts.push(20.0 + 0.3 * rng.normal() as f32);
     }
     for _ in 0..40 {
         pts.push(10.0 + 4.0 * (rng.uniform() as f32 - 0.5));

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use wmvl::sample::Normal;
+use wmvl::rng::HostRng;
 
 /// A fresh, empty directory under the system temp dir; removed on drop unless the test failed
 /// (then it is kept for inspection and its path is printed).
@@ -185,8 +185,8 @@ pub fn write_raw_npy(path: &Path, rows: usize, cols: usize, data: &[f32], cut: u
 
 /// `rows × cols` standard-normal draws (row-major f32).
 pub fn normals(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Normal::new(seed);
-    (0..rows * cols).map(|_| rng.sample() as f32).collect()
+    let mut rng = HostRng::new(seed);
+    (0..rows * cols).map(|_| rng.normal() as f32).collect()
 }
 
 /// The value in `eval`'s result line `"{objective} = VALUE ± SE (…)"`, as printed.

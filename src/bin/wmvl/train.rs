@@ -82,7 +82,7 @@ fn split(m: &Matrix, frac: f64, seed: u64) -> (Matrix, Option<Matrix>) {
         return (m.clone(), None);
     }
     let mut order: Vec<usize> = (0..m.rows).collect();
-    let mut rng = wmvl::sample::Normal::new(seed ^ 0x5711);
+    let mut rng = wmvl::rng::HostRng::new(seed ^ 0x5711);
     for i in (1..order.len()).rev() {
         let j = (rng.uniform() * (i + 1) as f64) as usize;
         order.swap(i, j.min(i));
@@ -150,7 +150,7 @@ const DATA_ROWS: &str = "data.rows";
 
 fn data_subset(data: &Matrix, k: usize, seed: u64) -> Result<NamedTensor, Error> {
     let k = k.min(data.rows);
-    let mut rng = wmvl::sample::Normal::new(seed ^ 0xda7a);
+    let mut rng = wmvl::rng::HostRng::new(seed ^ 0xda7a);
     let mut rows = Vec::with_capacity(k * data.cols);
     for _ in 0..k {
         let r = ((rng.uniform() * data.rows as f64) as usize).min(data.rows - 1);
