@@ -484,3 +484,217 @@ fn a_sampler_that_leaves_the_finite_numbers_does_not_say_training() {
     assert_fails(&run, &["--step-size"], &[]);
     assert!(!run.stderr.contains("training"), "{run:#?}");
 }
+
+/// A scalar energy E(x) = sign · Σᵢ [softplus(xᵢ) + softplus(−xᵢ)] ≈ sign · ‖x‖₁ far out:
+/// with sign −1 lower far from the data than on it, so exp(−E) cannot be normalised; with
+/// +1 a proper density. Saved with standard-normal "training rows".
+fn l1_model(path: &Path, sign: f32) {
+    use wmvl::checkpoint::NamedTensor;
+    use wmvl::model::{Arch, EnergyKind, HostParams};
+    let arch = Arch {
+        kind: EnergyKind::Scalar,
+        dim: 2,
+        hidden: vec![4],
+        act: wmvl::model::act_from_name("softplus").unwrap(),
+        spectral_norm: false,
+    };
+    let hp = HostParams {
+        weights: vec![
+            (2, 4, vec![1.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0, -1.0]),
+            (4, 1, vec![sign; 4]),
+        ],
+        biases: vec![(1, 4, vec![0.0; 4]), (1, 1, vec![0.0])],
+        sn_u: vec![None, None],
+    };
+    let mut ck = Checkpoint::new();
+    ck.tensors = hp.to_named().unwrap();
+    let mut rng = wmvl::rng::HostRng::new(1);
+    let rows: Vec<f32> = (0..2 * 256).map(|_| rng.normal() as f32).collect();
+    ck.tensors
+        .push(NamedTensor::new("data.rows", 256, 2, rows).unwrap());
+    for (k, v) in arch.to_metadata() {
+        ck.metadata.insert(k, v);
+    }
+    ck.save(path).unwrap();
+}
+
+// 10. A learned density that cannot be normalised goes unnoticed.
+#[test]
+fn a_density_that_cannot_be_normalised_is_warned_about() {
+    let t = TempDir::new("tails");
+    l1_model(&t.path("bad.safetensors"), -1.0);
+    l1_model(&t.path("ok.safetensors"), 1.0);
+    let run = wmvl(
+        &t.0,
+        &[
+            "sample",
+            "--checkpoint",
+            "bad.safetensors",
+            "--n",
+            "10",
+            "--steps",
+            "1",
+            "--out",
+            "s.npy",
+        ],
+    )
+    .ok();
+    assert!(
+        run.stderr.contains("warning") && run.stderr.contains("normalis"),
+        "{run:#?}"
+    );
+    // Training that ends on such a model says so too (a warm start and one tiny step).
+    let run = train(
+        &t.0,
+        &[
+            "--init-from",
+            "bad.safetensors",
+            "--hidden",
+            "4",
+            "--act",
+            "softplus",
+            "--energy",
+            "scalar",
+            "--no-sn",
+            "--steps",
+            "1",
+            "--lr",
+            "1e-9",
+            "--path",
+            "tape",
+            "--out",
+            "m.safetensors",
+        ],
+    )
+    .ok();
+    assert!(
+        run.stderr.contains("warning") && run.stderr.contains("normalis"),
+        "{run:#?}"
+    );
+    // A normalisable one passes quietly. (Score-net models trained briefly by MVL often do
+    // not: their energy is only shaped where the data are.)
+    let run = wmvl(
+        &t.0,
+        &[
+            "sample",
+            "--checkpoint",
+            "ok.safetensors",
+            "--n",
+            "10",
+            "--steps",
+            "1",
+            "--out",
+            "s2.npy",
+        ],
+    )
+    .ok();
+    assert!(!run.stderr.contains("warning"), "{run:#?}");
+}
+
+// Expected of such a tool: --plot for the user's own 2-D data; refused for other widths.
+#[test]
+fn plot_of_the_users_own_data() {
+    let t = TempDir::new("plot-data");
+    let m = wmvl::data::Toy::Ring.sample_matrix(400, 3);
+    wmvl::data::save_npy(t.path("ring.npy"), m.rows, m.cols, &m.data).unwrap();
+    let run = wmvl(
+        &t.0,
+        &[
+            "train",
+            "--data",
+            "ring.npy",
+            "--hidden",
+            "16,16",
+            "--batch",
+            "50",
+            "--steps",
+            "5",
+            "--out",
+            "m.safetensors",
+            "--plot",
+            "fig.png",
+        ],
+    )
+    .ok();
+    assert!(run.stdout.contains("wrote fig.png"), "{run:#?}");
+    assert_eq!(
+        &fs::read(t.path("fig.png")).unwrap()[..8],
+        b"\x89PNG\r\n\x1a\n"
+    );
+    let three: Vec<f32> = (0..300).map(|i| i as f32 / 300.0).collect();
+    wmvl::data::save_npy(t.path("three.npy"), 100, 3, &three).unwrap();
+    let run = wmvl(
+        &t.0,
+        &[
+            "train",
+            "--data",
+            "three.npy",
+            "--batch",
+            "50",
+            "--steps",
+            "5",
+            "--out",
+            "m3.safetensors",
+            "--plot",
+            "fig3.png",
+        ],
+    );
+    assert_fails(&run, &["--plot", "3 columns"], &[]);
+    assert!(
+        !run.stdout.contains("step "),
+        "refused before training: {run:#?}"
+    );
+}
+
+// 6. score on more rows than one GPU block: streamed in blocks, each row as if alone.
+#[test]
+fn score_streams_blocks_of_rows() {
+    let t = TempDir::new("score-blocks");
+    train(&t.0, &["--steps", "5", "--out", "m.safetensors"]).ok();
+    let n = 70_000; // more than one block of 65 536 rows
+    let mut rng = wmvl::rng::HostRng::new(2);
+    let pts: Vec<f32> = (0..2 * n).map(|_| rng.normal() as f32).collect();
+    wmvl::data::save_npy(t.path("p.npy"), n, 2, &pts).unwrap();
+    let run = wmvl(
+        &t.0,
+        &[
+            "score",
+            "--checkpoint",
+            "m.safetensors",
+            "--points",
+            "p.npy",
+            "--out",
+            "s.npy",
+        ],
+    )
+    .ok();
+    assert!(
+        run.stderr.contains("rows/s"),
+        "progress is reported: {run:#?}"
+    );
+    let all = wmvl::data::load_npy(t.path("s.npy")).unwrap();
+    assert_eq!((all.rows, all.cols), (n, 3));
+    let last = n - 1; // in the second block
+    wmvl::data::save_npy(t.path("one.npy"), 1, 2, &pts[2 * last..]).unwrap();
+    wmvl(
+        &t.0,
+        &[
+            "score",
+            "--checkpoint",
+            "m.safetensors",
+            "--points",
+            "one.npy",
+            "--out",
+            "one_s.npy",
+        ],
+    )
+    .ok();
+    let one = wmvl::data::load_npy(t.path("one_s.npy")).unwrap();
+    for c in 0..3 {
+        let (a, b) = (all.row(last)[c], one.row(0)[c]);
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+            "column {c}: {a} vs {b}"
+        );
+    }
+}
