@@ -42,8 +42,9 @@ pub struct TrainConfig {
     pub patience: usize,
     /// Hand the callback an [`Event::Checkpoint`] every this many steps (0: never).
     pub checkpoint_every: usize,
-    /// The run has diverged when |loss| exceeds this factor times max(1, |first loss|) (the
-    /// first loss is that of the initial parameters); 0 disables this (NaN/Inf always count).
+    /// F: the run has diverged when a loss rises more than F × its scale above the initial
+    /// loss (that of the initial parameters), or any value exceeds F² × the scale, the scale
+    /// being max(1, |initial loss|); 0 disables both (NaN/Inf always count).
     pub diverge_factor: f64,
     /// Tape or fused kernels (`Auto`: fused wherever the model and objective allow).
     pub path: Path,
@@ -64,7 +65,7 @@ impl Default for TrainConfig {
             eval_every: 0,
             patience: 0,
             checkpoint_every: 0,
-            diverge_factor: 1e6,
+            diverge_factor: 1e3,
             path: Path::Auto,
         }
     }
@@ -120,7 +121,7 @@ pub struct TrainState {
     /// Best held-out value so far: (step, value, its parameters).
     pub best: Option<(usize, f64, HostParams)>,
     pub since_best: usize,
-    /// |loss| of the initial parameters (the divergence rule's scale), once read.
+    /// The loss of the initial parameters (the divergence rule's reference), once read.
     pub first_loss: Option<f64>,
 }
 
@@ -130,6 +131,14 @@ struct Snapshot {
     weights: Vec<Tensor>,
     biases: Vec<Tensor>,
     sn_u: Vec<Option<Tensor>>,
+}
+
+/// Everything that changes during a step, copied on the GPU.
+struct FullSnapshot {
+    params: Snapshot,
+    opt: (Tensor, Tensor),
+    opt_t: u32,
+    rng_stream: u64,
 }
 
 /// A model, its optimiser and its data, on one GPU.
@@ -300,6 +309,28 @@ impl<'g> Trainer<'g> {
         })
     }
 
+    /// Parameters, optimiser state, step and random stream: what a divergence goes back to.
+    fn full_snapshot(&self) -> Result<FullSnapshot> {
+        let (s1, s2) = self.opt.packed_state();
+        Ok(FullSnapshot {
+            params: self.snapshot()?,
+            opt: (copy(self.gpu, s1)?, copy(self.gpu, s2)?),
+            opt_t: self.opt.t,
+            rng_stream: self.rng.stream,
+        })
+    }
+
+    fn restore_full(&mut self, s: &FullSnapshot) -> Result<()> {
+        self.restore(&s.params)?;
+        let (s1, s2) = self.opt.packed_state();
+        self.gpu.copy_into(&s.opt.0, s1)?;
+        self.gpu.copy_into(&s.opt.1, s2)?;
+        self.opt.t = s.opt_t;
+        self.rng.stream = s.rng_stream;
+        self.steps_done = s.params.step;
+        Ok(())
+    }
+
     fn restore(&mut self, s: &Snapshot) -> Result<()> {
         // Copy back into the live buffers: the optimiser updates them in place.
         let g = self.gpu;
@@ -337,7 +368,7 @@ impl<'g> Trainer<'g> {
     ) -> Result<Summary> {
         let start = Instant::now();
         let mut history = Vec::new();
-        let mut good = self.snapshot()?;
+        let mut good = self.full_snapshot()?;
         let mut stopped_early = false;
         let mut interrupted = false;
         let mut params_step = self.steps_done;
@@ -369,7 +400,7 @@ impl<'g> Trainer<'g> {
             // The only host round trip: one number every log_every steps.
             let loss = self.gpu.read(&loss_t)?[0] as f64;
             if first_now && loss.is_finite() {
-                self.first_loss = Some(loss.abs());
+                self.first_loss = Some(loss);
             }
             let heldout = if eval_now {
                 self.heldout_value()?
@@ -377,13 +408,13 @@ impl<'g> Trainer<'g> {
                 None
             };
             if let Some(why) = self.divergence(loss, heldout) {
-                self.restore(&good)?;
+                self.restore_full(&good)?;
                 return Err(Error::Diverged(format!(
-                    "{why} by step {done} (last good reading at step {}); the parameters were reset to that step — lower the learning rate or the step size",
-                    good.step
+                    "{why} by step {done} (last good reading at step {}); the parameters and optimiser were reset to that step — lower the learning rate or the step size",
+                    good.params.step
                 )));
             }
-            good = self.snapshot()?;
+            good = self.full_snapshot()?;
             if let Some(h) = heldout {
                 if self.best.as_ref().is_none_or(|(b, _)| h < *b) {
                     self.best = Some((h, self.snapshot()?));
@@ -457,6 +488,10 @@ impl<'g> Trainer<'g> {
     }
 
     /// Why the run counts as diverged at this reading, if it does.
+    /// Why the run counts as diverged at this reading, if it does: a NaN/Inf loss or held-out
+    /// value; for a loss, a rise of more than F × its initial scale above the initial loss
+    /// (training lowers a loss); any value beyond F² × that scale (F = `diverge_factor`, the
+    /// scale max(1, |initial loss|)).
     fn divergence(&self, loss: f64, heldout: Option<f64>) -> Option<String> {
         if !loss.is_finite() {
             return Some(format!("the loss became {loss}"));
@@ -464,11 +499,21 @@ impl<'g> Trainer<'g> {
         if let Some(h) = heldout.filter(|h| !h.is_finite()) {
             return Some(format!("the held-out value became {h}"));
         }
-        let limit = self.cfg.diverge_factor * self.first_loss.unwrap_or(1.0).max(1.0);
-        (self.cfg.diverge_factor > 0.0 && loss.abs() > limit).then(|| {
+        let f = self.cfg.diverge_factor;
+        let first = self.first_loss.unwrap_or(0.0);
+        let scale = first.abs().max(1.0);
+        if f <= 0.0 {
+            return None;
+        }
+        if self.cfg.objective.is_loss() && loss - first > f * scale {
+            return Some(format!(
+                "the loss rose to {loss:.4e} from {first:.4e} at the start, more than {f:.0e} × its scale"
+            ));
+        }
+        (loss.abs() > f * f * scale).then(|| {
             format!(
                 "the loss reached {loss:.3e}, beyond {:.0e} × its initial scale",
-                self.cfg.diverge_factor
+                f * f
             )
         })
     }

@@ -179,8 +179,9 @@ pub struct TrainArgs {
     /// Which parameters --out gets: those of the last step, or of the best held-out evaluation
     #[arg(long, value_parser = names(&["last", "best"]), default_value = "last")]
     pub keep: String,
-    /// The run has diverged when |loss| exceeds this many times its initial scale (0: only NaN/Inf)
-    #[arg(long, default_value_t = 1e6, allow_negative_numbers = true)]
+    /// F: the run has diverged when the loss rises more than F × its initial scale above the
+    /// initial loss, or anything exceeds F² × that scale (0: only NaN/Inf count)
+    #[arg(long, default_value_t = 1e3, allow_negative_numbers = true)]
     pub diverge_factor: f64,
     /// A figure (.png) of the learned density: next to the truth for --dataset, next to a
     /// histogram of the data for 2-D --data

@@ -460,12 +460,13 @@ pub fn run(argv: &[OsString]) -> Result<(), Error> {
         }
         match saved {
             Ok(()) => format!(
-                "; saved step {} with the optimiser state to {} ({} untouched); continue with: wmvl train --resume {} --out {}",
+                "; saved step {} with the optimiser state to {} ({} untouched); continue with: wmvl train --resume {} --out {}{}",
                 trainer.steps_done,
                 partial.display(),
                 out.display(),
                 partial.display(),
-                out.display()
+                out.display(),
+                if status == "diverged" { " --lr LOWER" } else { "" }
             ),
             Err(e) => format!("; the last state could not be saved either ({e}); {} untouched", out.display()),
         }
