@@ -698,3 +698,28 @@ fn score_streams_blocks_of_rows() {
         );
     }
 }
+
+// 6. A sample file that cannot fit on the disk is refused before any sampling.
+#[cfg(unix)]
+#[test]
+fn an_output_larger_than_the_free_disk_is_refused() {
+    let t = TempDir::new("disk");
+    train(&t.0, &["--steps", "5", "--out", "m.safetensors"]).ok();
+    let run = wmvl(
+        &t.0,
+        &[
+            "sample",
+            "--checkpoint",
+            "m.safetensors",
+            "--n",
+            "1e15",
+            "--out",
+            "s.npy",
+        ],
+    );
+    assert_fails(&run, &["GiB free"], &[]);
+    assert!(
+        !run.stderr.contains("chain steps"),
+        "no sampling began: {run:#?}"
+    );
+}

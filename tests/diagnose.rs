@@ -1,6 +1,8 @@
 //! The tail check: models built by hand whose energy grows outward pass; models whose energy
 //! is lower far away, or falls outward, are caught with a point far from the data.
 
+mod common;
+
 use std::sync::OnceLock;
 
 use wmvl::data::Matrix;
@@ -14,24 +16,6 @@ use wmvl::rng::HostRng;
 fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| Gpu::new().unwrap_or_else(|e| panic!("cannot open a GPU adapter: {e}")))
-}
-
-/// Score-net energy with no hidden layer: E(x) = xᵀWx + b·x, W = `a`·I.
-fn quadratic(a: f32, b: [f32; 2]) -> Model<&'static Gpu> {
-    let g = gpu();
-    let arch = Arch {
-        kind: EnergyKind::ScoreNet,
-        dim: 2,
-        hidden: vec![],
-        act: Fun::Tanh,
-        spectral_norm: false,
-    };
-    let hp = HostParams {
-        weights: vec![(2, 2, vec![a, 0.0, 0.0, a])],
-        biases: vec![(1, 2, b.to_vec())],
-        sn_u: vec![None],
-    };
-    Model::from_host(arch, &hp, |r, c, d| g.upload(r, c, d)).unwrap()
 }
 
 /// A scalar tanh energy, per axis t: a well −2[tanh(t + 2) − tanh(t − 2)] over the data and a
@@ -91,16 +75,16 @@ fn max_distance(data: &Matrix, centre: &[f64]) -> f64 {
 #[test]
 fn energy_growing_outward_passes() {
     let data = normal_data(500, [0.0, 0.0]);
-    let mut model = quadratic(0.5, [0.0, 0.0]);
+    let mut model = common::quadratic_model(gpu(), 0.5, [0.0, 0.0]);
     assert_eq!(tail_check(gpu(), &mut model, &data, 1).unwrap(), None);
     // Off-centre data and a model centred on them (E = ‖x − m‖²/2 + const): the check
     // centres its shells on the data.
     let data = normal_data(500, [40.0, -25.0]);
-    let mut centred = quadratic(0.5, [-40.0, 25.0]);
+    let mut centred = common::quadratic_model(gpu(), 0.5, [-40.0, 25.0]);
     assert_eq!(tail_check(gpu(), &mut centred, &data, 1).unwrap(), None);
     // The same data under a model centred at the origin, 47 away: the energy is lower on the
     // side toward the origin than on the data.
-    let mut model = quadratic(0.5, [0.0, 0.0]);
+    let mut model = common::quadratic_model(gpu(), 0.5, [0.0, 0.0]);
     let w = tail_check(gpu(), &mut model, &data, 1)
         .unwrap()
         .expect("a warning");
@@ -111,7 +95,7 @@ fn energy_growing_outward_passes() {
 #[test]
 fn energy_falling_outward_is_caught_far_from_the_data() {
     let data = normal_data(500, [0.0, 0.0]);
-    let mut model = quadratic(-0.5, [0.0, 0.0]);
+    let mut model = common::quadratic_model(gpu(), -0.5, [0.0, 0.0]);
     let w = tail_check(gpu(), &mut model, &data, 1)
         .unwrap()
         .expect("E = -‖x‖²/2 must be flagged");
@@ -172,7 +156,7 @@ fn energy_falling_outward_above_the_data_is_caught() {
 
 #[test]
 fn bad_inputs_are_refused() {
-    let mut model = quadratic(0.5, [0.0, 0.0]);
+    let mut model = common::quadratic_model(gpu(), 0.5, [0.0, 0.0]);
     let three = Matrix::new(2, 3, vec![0.0; 6]).unwrap();
     assert!(matches!(
         tail_check(gpu(), &mut model, &three, 0),

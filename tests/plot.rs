@@ -3,6 +3,8 @@
 //!
 //! Set `WMVL_PLOT_DEMO=/some/path.png` to also write a two-panel demo figure there.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -11,8 +13,6 @@ use std::sync::OnceLock;
 use wmvl::app::{data_figure, data_grid, data_panels};
 use wmvl::data::Matrix;
 use wmvl::gpu::Gpu;
-use wmvl::model::{Arch, EnergyKind, HostParams, Model};
-use wmvl::ops::Fun;
 use wmvl::plot::{
     density_panels, log_density_to_density, render_density_panels, viridis, Figure, Grid, Heatmap,
     Rect,
@@ -559,24 +559,6 @@ fn gpu() -> &'static Gpu {
     GPU.get_or_init(|| Gpu::new().unwrap_or_else(|e| panic!("cannot open a GPU adapter: {e}")))
 }
 
-/// Score-net energy with no hidden layer, E(x) = ½‖x − m‖² + const: a Gaussian at `m`.
-fn gaussian_at(m: [f32; 2]) -> Model<&'static Gpu> {
-    let g = gpu();
-    let arch = Arch {
-        kind: EnergyKind::ScoreNet,
-        dim: 2,
-        hidden: vec![],
-        act: Fun::Tanh,
-        spectral_norm: false,
-    };
-    let hp = HostParams {
-        weights: vec![(2, 2, vec![0.5, 0.0, 0.0, 0.5])],
-        biases: vec![(1, 2, vec![-m[0], -m[1]])],
-        sn_u: vec![None],
-    };
-    Model::from_host(arch, &hp, |r, c, d| g.upload(r, c, d)).unwrap()
-}
-
 #[test]
 fn data_figure_shows_a_histogram_of_the_data_next_to_the_model() {
     // 400 points in a tight blob at (10, 20), and 40 spread over a wider square.
@@ -595,7 +577,7 @@ fn data_figure_shows_a_histogram_of_the_data_next_to_the_model() {
     assert!(grid.xmin < 8.5 && grid.xmax > 11.5 && grid.ymin < 18.5 && grid.ymax > 21.5);
     assert!(grid.xmax - grid.xmin < 8.0, "window too wide: {grid:?}");
 
-    let mut model = gaussian_at([10.0, 20.0]);
+    let mut model = common::quadratic_model(gpu(), 0.5, [-10.0, -20.0]);
     let (g2, panels) = data_panels(gpu(), &mut model, &data).unwrap();
     assert_eq!(g2, grid);
     assert_eq!(panels.len(), 2);

@@ -2,12 +2,12 @@
 //! away are reported as a sampling problem (naming the step), progress reaches its total.
 //! GPU tests run on lavapipe: tiny models, few chains.
 
+mod common;
+
 use std::sync::OnceLock;
 
 use wmvl::error::Error;
 use wmvl::gpu::Gpu;
-use wmvl::model::{Arch, EnergyKind, HostParams, Model};
-use wmvl::ops::Fun;
 use wmvl::progress::Progress;
 use wmvl::sample::{sample, sample_chunked_by, sample_points, Options, Sampler};
 
@@ -16,27 +16,8 @@ fn gpu() -> &'static Gpu {
     GPU.get_or_init(|| Gpu::new().unwrap_or_else(|e| panic!("cannot open a GPU adapter: {e}")))
 }
 
-/// A score-net energy with no hidden layer, E(x) = xᵀWx + b·x, W = ½I, b = 0: the standard
-/// normal in 2-D.
-fn gaussian_model() -> Model<&'static Gpu> {
-    let g = gpu();
-    let arch = Arch {
-        kind: EnergyKind::ScoreNet,
-        dim: 2,
-        hidden: vec![],
-        act: Fun::Tanh,
-        spectral_norm: false,
-    };
-    let hp = HostParams {
-        weights: vec![(2, 2, vec![0.5, 0.0, 0.0, 0.5])],
-        biases: vec![(1, 2, vec![0.0, 0.0])],
-        sn_u: vec![None],
-    };
-    Model::from_host(arch, &hp, |r, c, d| g.upload(r, c, d)).unwrap()
-}
-
 fn run_chunked(opts: &Options, chunk: usize, n: usize) -> (Vec<Vec<f32>>, f64) {
-    let mut model = gaussian_model();
+    let mut model = common::quadratic_model(gpu(), 0.5, [0.0, 0.0]);
     let mut chunks = Vec::new();
     let stats = sample_chunked_by(
         gpu(),
@@ -90,7 +71,7 @@ fn chunk_size_does_not_change_the_samples() {
 fn runaway_chains_are_a_sampling_error_naming_the_step() {
     // h = 1000 on E = ‖x‖²/2: x ← x − 1000x + noise grows a thousandfold a step and leaves
     // f32 after about 13 steps.
-    let mut model = gaussian_model();
+    let mut model = common::quadratic_model(gpu(), 0.5, [0.0, 0.0]);
     let cfg = Options {
         steps: 100,
         step_size: 1000.0,
@@ -138,7 +119,7 @@ fn runaway_chains_are_a_sampling_error_naming_the_step() {
 
 #[test]
 fn progress_ends_at_its_total_and_never_goes_back() {
-    let mut model = gaussian_model();
+    let mut model = common::quadratic_model(gpu(), 0.5, [0.0, 0.0]);
     let mut seen: Vec<Progress> = Vec::new();
     let cfg = Options {
         steps: 5,
@@ -176,7 +157,7 @@ fn progress_ends_at_its_total_and_never_goes_back() {
 
 #[test]
 fn a_failing_consumer_stops_sampling() {
-    let mut model = gaussian_model();
+    let mut model = common::quadratic_model(gpu(), 0.5, [0.0, 0.0]);
     let cfg = Options {
         steps: 2,
         ..Options::default()
@@ -201,7 +182,7 @@ fn a_failing_consumer_stops_sampling() {
 
 #[test]
 fn bad_arguments_are_refused() {
-    let mut model = gaussian_model();
+    let mut model = common::quadratic_model(gpu(), 0.5, [0.0, 0.0]);
     let ok = Options {
         steps: 1,
         ..Options::default()
@@ -258,7 +239,7 @@ fn bad_arguments_are_refused() {
 
 #[test]
 fn mala_on_a_standard_normal_has_its_moments() {
-    let mut model = gaussian_model();
+    let mut model = common::quadratic_model(gpu(), 0.5, [0.0, 0.0]);
     let cfg = Options {
         sampler: Sampler::Mala,
         steps: 60,
@@ -286,7 +267,7 @@ fn mala_on_a_standard_normal_has_its_moments() {
 
 #[test]
 fn the_former_interface_still_runs_from_given_points() {
-    let mut model = gaussian_model();
+    let mut model = common::quadratic_model(gpu(), 0.5, [0.0, 0.0]);
     let init = vec![0.5f32, -0.5, 1.0, 2.0, -3.0, 0.0];
     let s = sample(
         gpu(),

@@ -198,3 +198,26 @@ pub fn printed_value<'a>(run: &'a Run, objective: &str) -> &'a str {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("no '{prefix}…' line in the output of {run:#?}"))
 }
+
+/// A score-net energy with no hidden layer, E(x) = xᵀ(a·I)x + b·x (for a = ½: the Gaussian
+/// at −b with unit covariance): a model whose density is known exactly.
+pub fn quadratic_model(
+    g: &'static wmvl::gpu::Gpu,
+    a: f32,
+    b: [f32; 2],
+) -> wmvl::model::Model<&'static wmvl::gpu::Gpu> {
+    use wmvl::model::{Arch, EnergyKind, HostParams, Model};
+    let arch = Arch {
+        kind: EnergyKind::ScoreNet,
+        dim: 2,
+        hidden: vec![],
+        act: wmvl::ops::Fun::Tanh,
+        spectral_norm: false,
+    };
+    let hp = HostParams {
+        weights: vec![(2, 2, vec![a, 0.0, 0.0, a])],
+        biases: vec![(1, 2, b.to_vec())],
+        sn_u: vec![None],
+    };
+    Model::from_host(arch, &hp, |r, c, d| g.upload(r, c, d)).unwrap()
+}

@@ -300,6 +300,7 @@ fn score(a: ScoreArgs) -> Result<(), Error> {
     check_width(&pts, &model.arch, &a.points, &a.checkpoint)?;
     let (n, d) = (pts.rows, pts.cols);
     // Streamed to a temporary file beside the output, renamed over it only when complete.
+    outputs::check_space(&out, (n * (d + 1) * 4) as u64, "--out")?;
     let mut writer = NpyWriter::create(&out, n, d + 1)?;
     let mut progress = print_progress;
     let mut report = Reporter::new("score", "rows", n, &mut progress);
@@ -355,9 +356,8 @@ fn sample_cmd(a: SampleArgs) -> Result<(), Error> {
     let gpu = open_gpu()?;
     let (mut model, ck) = load_model(&gpu, &a.checkpoint)?;
     let d = model.arch.dim;
-    if a.n.checked_mul(d + 1).is_none_or(|v| v > usize::MAX / 64) {
-        return Err(Error::Invalid(format!("--n {} is too large", a.n)));
-    }
+    let bytes = (a.n as u128 * d as u128 * 4).min(u64::MAX as u128) as u64;
+    outputs::check_space(&out, bytes, "--out")?;
     train::warn_tails(&gpu, &mut model, &ck, a.seed as u64)?;
     let mut writer = NpyWriter::create(&out, a.n, d)?;
     let mut progress = print_progress;

@@ -118,3 +118,39 @@ pub fn distinct(outputs: &[&Path], inputs: &[&Path]) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// Refuse an output of `bytes` bytes where its file system has less room (Unix; elsewhere
+/// not checked): better than failing hours into a run, when the disk fills up.
+pub fn check_space(path: &Path, bytes: u64, what: &str) -> Result<(), Error> {
+    let Some(free) = free_bytes(path) else {
+        return Ok(());
+    };
+    if bytes > free {
+        return Err(Error::Io(format!(
+            "{what} {} would take {:.1} GiB; its file system has {:.1} GiB free: write it elsewhere or ask for less",
+            path.display(),
+            bytes as f64 / (1u64 << 30) as f64,
+            free as f64 / (1u64 << 30) as f64
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_: &Path) -> Option<u64> {
+    None
+}
