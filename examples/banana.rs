@@ -116,7 +116,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         ("dataset", "banana".to_string()),
         ("objective", "mvl".to_string()),
         ("eps", cfg.obj.eps.to_string()),
-        ("steps", s_mvl.steps_done.to_string()),
+        ("step", s_mvl.steps_done.to_string()),
         ("seed", seed.to_string()),
     ];
     save_model(&gpu, &mvl.model, &meta, &ck)?;

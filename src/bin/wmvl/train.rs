@@ -398,7 +398,7 @@ pub fn run(argv: &[OsString]) -> Result<(), Error> {
                 obj.control_variate.to_string(),
             ),
             ("rescale".to_string(), obj.rescale.to_string()),
-            ("steps".to_string(), cfg.steps.to_string()),
+            ("steps_planned".to_string(), cfg.steps.to_string()),
             ("batch".to_string(), cfg.batch.to_string()),
             ("lr".to_string(), cfg.lr.to_string()),
             ("seed".to_string(), seed.to_string()),
