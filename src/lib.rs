@@ -23,6 +23,7 @@ pub mod checkpoint;
 pub mod cpu;
 pub mod data;
 pub mod diagnose;
+pub mod directional;
 pub mod error;
 pub mod fsutil;
 pub mod fused;
