@@ -28,6 +28,8 @@ pub mod error;
 pub mod fsutil;
 pub mod fused;
 pub mod gpu;
+pub mod langevin;
+pub mod manifold;
 pub mod model;
 pub mod objective;
 pub mod ops;

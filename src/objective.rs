@@ -4,6 +4,8 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::langevin::step;
+use crate::manifold::Manifold;
 use crate::ops::Axis;
 use crate::tape::Var;
 
@@ -110,6 +112,9 @@ pub struct Config {
     pub energy_reg: f32,
     /// Compute the Metropolis–Hastings acceptance diagnostic (MVL; costs one more gradient).
     pub mh_diagnostic: bool,
+    /// Where the data live; batches are in the manifold's chart form (see
+    /// [`crate::manifold`]). MVL and CD-1 take the Riemannian step there (SPEC §5).
+    pub manifold: Manifold,
 }
 
 impl Default for Config {
@@ -120,6 +125,7 @@ impl Default for Config {
             rescale: true,
             energy_reg: 0.0,
             mh_diagnostic: false,
+            manifold: Manifold::Euclidean,
         }
     }
 }
@@ -134,11 +140,6 @@ pub struct Estimate<'t, B: Backend> {
     pub monitor: Option<Var<'t, B>>,
     /// MVL with `mh_diagnostic`: the mean Metropolis–Hastings acceptance probability.
     pub acceptance: Option<Var<'t, B>>,
-}
-
-/// |v| elementwise (constants only: used for max/min of detached values).
-fn abs<'t, B: Backend>(v: Var<'t, B>) -> Result<Var<'t, B>> {
-    v.square()?.sqrt()
 }
 
 /// Evaluate `objective` on batch `x0` (a constant) with standard-normal draw `z` (rows, d).
@@ -178,43 +179,44 @@ pub fn estimate<'t, B: Backend>(
         }
         (false, _) => None,
     };
+    if cfg.manifold != Manifold::Euclidean && !matches!(objective, Objective::Mvl | Objective::Cd1)
+    {
+        return Err(Error::Invalid(format!(
+            "{} is implemented in R^d only; on the {} use mvl or cd1",
+            objective.name(),
+            cfg.manifold.name()
+        )));
+    }
     let eps = cfg.eps;
     let mut monitor = None;
     let mut acceptance = None;
     let mut reg = None;
     let per_sample = match objective {
         Objective::Mvl => {
-            // SPEC §2, steps 1–6 (eqs. 10–11 with the control variate of §3.2.1).
-            let z = z.expect("checked");
-            let (e0, g) = model.energy_and_grad(x0, true)?;
-            // εᵢ = ε₀ / max(1, ‖gᵢ‖²), a constant; max(1, a) = (a + 1 + |a − 1|)/2.
-            let eps_i = if cfg.rescale {
-                let a = g.rowdot(g)?.detach();
-                let m = a
-                    .affine(1.0, 1.0)?
-                    .add(abs(a.affine(1.0, -1.0)?)?)?
-                    .scale(0.5)?;
-                m.recip()?.scale(eps)?.detach()
-            } else {
-                x0.tape().full(rows, 1, eps)?
-            };
-            let xi = z.mul(eps_i.scale(2.0)?.sqrt()?)?.detach();
-            // x₁ = x₀ − εᵢ·s·g + ξ with s = ½: one Langevin step towards q^½.
-            let x1 = x0.sub(g.mul(eps_i.scale(0.5)?)?)?.add(xi)?;
-            let e1 = model.energy(x1)?;
-            let mut diff = e1.sub(e0)?;
+            // SPEC §2 steps 1–6 (eqs. 10–11, control variate of §3.2.1); §5 on manifolds.
+            let st = step(
+                cfg.manifold,
+                model,
+                x0,
+                z.expect("checked"),
+                0.5,
+                eps,
+                cfg.rescale,
+            )?;
+            let e1 = st.e1()?;
+            let mut diff = e1.sub(st.e0)?;
             if cfg.control_variate {
-                diff = diff.sub(g.rowdot(xi)?)?;
+                diff = diff.sub(st.g.rowdot(st.xi)?)?;
             }
             // ediff·(ε₀/εᵢ); loss = −mean(ediff)/ε₀  ⇒ per sample −ediff/εᵢ.
             if cfg.energy_reg > 0.0 {
-                let r = e1.square()?.mean_all()?.add(e0.square()?.mean_all()?)?;
+                let r = e1.square()?.mean_all()?.add(st.e0.square()?.mean_all()?)?;
                 reg = Some(r.scale(cfg.energy_reg)?);
             }
             if cfg.mh_diagnostic {
-                acceptance = Some(mh_acceptance(model, x0, e0, g.detach(), eps_i, xi)?);
+                acceptance = Some(st.mh_acceptance()?);
             }
-            diff.div(eps_i)?.neg()?
+            diff.div(st.eps_i)?.neg()?
         }
         Objective::Dsm | Objective::VrDsm => {
             // L = ‖√ε z − ε∇E(x + √ε z)‖² (eq. 12 with σ² = ε); ε⁻²L → 2J + const (eq. 13), so
@@ -237,15 +239,20 @@ pub fn estimate<'t, B: Backend>(
         Objective::Cd1 => {
             // x₁ one Langevin step towards q (s = 1), held constant. ∂θ of
             // [E(x₀) − E(x₁) + g·ξ]/ε is the CD-1 estimate of ∂θJ (eq. 16, control variate §3.3).
-            let z = z.expect("checked");
-            let (e0, g) = model.energy_and_grad(x0, true)?;
-            let xi = z.scale((2.0 * eps).sqrt())?;
-            let x1 = x0.sub(g.scale(eps)?)?.add(xi)?.detach();
-            let e1 = model.energy(x1)?;
-            monitor = Some(e0.sub(e1)?.mean_all()?);
-            let mut s = e0.sub(e1)?;
+            let st = step(
+                cfg.manifold,
+                model,
+                x0,
+                z.expect("checked"),
+                1.0,
+                eps,
+                false,
+            )?;
+            let e1 = st.energy.energy(st.x1.detach())?;
+            monitor = Some(st.e0.sub(e1)?.mean_all()?);
+            let mut s = st.e0.sub(e1)?;
             if cfg.control_variate {
-                s = s.add(g.rowdot(xi)?)?;
+                s = s.add(st.g.rowdot(st.xi)?)?;
             }
             s.scale(1.0 / eps)?
         }
@@ -294,29 +301,4 @@ pub fn estimate<'t, B: Backend>(
         monitor,
         acceptance,
     })
-}
-
-/// Mean Metropolis–Hastings acceptance probability of the Langevin proposal
-/// x' = x₀ − εᵢ∇E(x₀) + ξ targeting q (energy scale 1): a diagnostic, never part of a loss.
-fn mh_acceptance<'t, B: Backend>(
-    model: &dyn Energy<'t, B>,
-    x0: Var<'t, B>,
-    e0: Var<'t, B>,
-    g0: Var<'t, B>,
-    eps_i: Var<'t, B>,
-    xi: Var<'t, B>,
-) -> Result<Var<'t, B>> {
-    let xp = x0.sub(g0.mul(eps_i)?)?.add(xi)?.detach();
-    let (ep, gp) = model.energy_and_grad(xp, false)?;
-    // log α = E(x₀) − E(x') − ‖x₀ − x' + εᵢ∇E(x')‖²/(4εᵢ) + ‖x' − x₀ + εᵢ∇E(x₀)‖²/(4εᵢ)
-    let back = x0.sub(xp)?.add(gp.mul(eps_i)?)?;
-    let four_eps = eps_i.scale(4.0)?;
-    let log_a = e0
-        .detach()
-        .sub(ep)?
-        .sub(back.rowdot(back)?.div(four_eps)?)?
-        .add(xi.rowdot(xi)?.div(four_eps)?)?;
-    // min(1, α) = exp(min(0, log α)), min(0, y) = (y − |y|)/2.
-    let m = log_a.sub(abs(log_a)?)?.scale(0.5)?;
-    Ok(m.exp()?.mean_all()?.detach())
 }

@@ -189,10 +189,11 @@ impl<'g> Trainer<'g> {
         if n == 0 {
             return Err(Error::Invalid("the training set is empty".into()));
         }
-        if d != model.arch.dim {
+        if cfg.obj.manifold.model_dim(d) != model.arch.dim {
             return Err(Error::Shape(format!(
-                "the model takes {} columns, the training data has {d}",
-                model.arch.dim
+                "the model takes {} inputs, the training data has {d} columns (on the {})",
+                model.arch.dim,
+                cfg.obj.manifold.name()
             )));
         }
         if let Some(h) = &heldout {

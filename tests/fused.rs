@@ -86,7 +86,7 @@ fn cfg(eps: f32, control_variate: bool, rescale: bool, energy_reg: f32) -> Confi
         control_variate,
         rescale,
         energy_reg,
-        mh_diagnostic: false,
+        ..Config::default()
     }
 }
 

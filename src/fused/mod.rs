@@ -105,6 +105,12 @@ pub fn unsupported(
     if cfg.mh_diagnostic {
         return Some("the Metropolis–Hastings diagnostic is computed on the tape path only".into());
     }
+    if cfg.manifold != crate::manifold::Manifold::Euclidean {
+        return Some(format!(
+            "the fused path implements R^d; Riemannian MVL on the {} runs on the tape",
+            cfg.manifold.name()
+        ));
+    }
     None
 }
 
