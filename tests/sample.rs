@@ -45,6 +45,7 @@ fn chunk_size_does_not_change_the_samples() {
             step_size: 0.3,
             seed: 17,
             init_std: 2.0,
+            ..Options::default()
         };
         let (small, acc_small) = run_chunked(&opts, 3, 10);
         let (big, acc_big) = run_chunked(&opts, 1000, 10);
@@ -246,6 +247,7 @@ fn mala_on_a_standard_normal_has_its_moments() {
         step_size: 0.5,
         seed: 3,
         init_std: 3.0,
+        ..Options::default()
     };
     let s = sample_points(gpu(), &mut model, 600, &cfg, &mut |_| {}).unwrap();
     assert!(s.acceptance > 0.5, "acceptance {}", s.acceptance);
@@ -294,4 +296,118 @@ fn the_former_interface_still_runs_from_given_points() {
         false,
     );
     assert!(matches!(err, Err(Error::Shape(_))));
+}
+
+/// A scalar energy with no hidden layer, E(y) = y·w, w = −κμ: the vMF(μ, κ) on S².
+fn vmf_model(kappa: f64, mu: [f64; 3]) -> wmvl::model::Model<&'static Gpu> {
+    use wmvl::model::{Arch, EnergyKind, HostParams, Model};
+    let arch = Arch {
+        kind: EnergyKind::Scalar,
+        dim: 3,
+        hidden: vec![],
+        act: wmvl::ops::Fun::Tanh,
+        spectral_norm: false,
+    };
+    let hp = HostParams {
+        weights: vec![(3, 1, mu.iter().map(|m| (-kappa * m) as f32).collect())],
+        biases: vec![(1, 1, vec![0.0])],
+        sn_u: vec![None],
+    };
+    Model::from_host(arch, &hp, |r, c, d| gpu().upload(r, c, d)).unwrap()
+}
+
+#[test]
+fn riemannian_mala_on_the_sphere_reproduces_a_vmf() {
+    let (kappa, mu) = (5.0, [0.0, 0.6, 0.8]);
+    let mut model = vmf_model(kappa, mu);
+    let cfg = Options {
+        sampler: Sampler::Mala,
+        steps: 150,
+        step_size: 0.05,
+        seed: 8,
+        manifold: wmvl::manifold::Manifold::Sphere,
+        ..Options::default()
+    };
+    let n = 2000;
+    let s = sample_points(gpu(), &mut model, n, &cfg, &mut |_| {}).unwrap();
+    assert!(s.acceptance > 0.7, "acceptance {}", s.acceptance);
+    let pts: Vec<&[f32]> = s.points.chunks(3).collect();
+    for p in &pts {
+        let norm = p.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "a sample left the sphere: {p:?}");
+    }
+    // The mean resultant length A₃(κ) = coth κ − 1/κ along μ; SE from the sample spread.
+    let t: Vec<f64> = pts
+        .iter()
+        .map(|p| p.iter().zip(mu).map(|(a, b)| *a as f64 * b).sum())
+        .collect();
+    let mean = t.iter().sum::<f64>() / n as f64;
+    let var = t.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let se = (var / n as f64).sqrt();
+    let a = wmvl::directional::mean_resultant_length(3, kappa).unwrap();
+    assert!(
+        (mean - a).abs() < 4.0 * se,
+        "E[μ·y] = {mean} ± {se}, A₃({kappa}) = {a}"
+    );
+}
+
+#[test]
+fn riemannian_mala_in_the_poincare_ball_targets_the_riemannian_density() {
+    // The model sees the hyperboloid point y = (2x/(1−r), (1+r)/(1−r)); E(y) = a·y_last gives
+    // the chart density exp(−a(1+r)/(1−r))·(2/(1−r))² on H² (r = ‖x‖²), a proper one;
+    // E[r] by quadrature in ρ = ‖x‖ (volume element ρ dρ dθ).
+    use wmvl::model::{Arch, EnergyKind, HostParams, Model};
+    let a = 2.0f64;
+    let arch = Arch {
+        kind: EnergyKind::Scalar,
+        dim: 3,
+        hidden: vec![],
+        act: wmvl::ops::Fun::Tanh,
+        spectral_norm: false,
+    };
+    let hp = HostParams {
+        weights: vec![(3, 1, vec![0.0, 0.0, a as f32])],
+        biases: vec![(1, 1, vec![0.0])],
+        sn_u: vec![None],
+    };
+    let mut model = Model::from_host(arch, &hp, |r, c, d| gpu().upload(r, c, d)).unwrap();
+    let cfg = Options {
+        sampler: Sampler::Mala,
+        steps: 150,
+        step_size: 0.1,
+        seed: 9,
+        init_std: 0.5,
+        manifold: wmvl::manifold::Manifold::Hyperbolic,
+    };
+    let n = 2000;
+    let s = sample_points(gpu(), &mut model, n, &cfg, &mut |_| {}).unwrap();
+    assert_eq!(
+        s.points.len(),
+        2 * n,
+        "ball points have the chart's 2 coordinates"
+    );
+    assert!(s.acceptance > 0.5, "acceptance {}", s.acceptance);
+    let r: Vec<f64> = s
+        .points
+        .chunks(2)
+        .map(|p| p.iter().map(|v| (*v as f64).powi(2)).sum())
+        .collect();
+    assert!(r.iter().all(|&v| v < 1.0), "a sample left the ball");
+    let (mut num, mut den) = (0.0, 0.0);
+    let k = 200_000;
+    for i in 0..k {
+        let rho = (i as f64 + 0.5) / k as f64;
+        let rr = rho * rho;
+        let w = (-a * (1.0 + rr) / (1.0 - rr)).exp() * (2.0 / (1.0 - rr)).powi(2) * rho;
+        num += w * rr;
+        den += w;
+    }
+    let want = num / den;
+    let mean = r.iter().sum::<f64>() / n as f64;
+    let var = r.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let se = (var / n as f64).sqrt();
+    assert!(
+        (mean - want).abs() < 4.0 * se,
+        "E[r] = {mean} ± {se}, quadrature {want}"
+    );
 }
