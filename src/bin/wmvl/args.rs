@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
-use wmvl::data::Toy;
 use wmvl::model::ACT_NAMES;
 
 const ENVIRONMENT: &str = "Environment:
@@ -78,6 +77,16 @@ fn names(list: &'static [&'static str]) -> impl TypedValueParser<Value = String>
 const OBJECTIVES: [&str; 7] = ["mvl", "dsm", "vr-dsm", "cd1", "ssm", "ssm-vr", "exact-sm"];
 const OPTIMIZERS: [&str; 3] = ["rmsprop", "rmsprop-torch", "adam"];
 const PATHS: [&str; 3] = ["auto", "tape", "fused"];
+const MANIFOLDS: [&str; 3] = wmvl::manifold::Manifold::NAMES;
+const DATASETS: [&str; 7] = [
+    "banana",
+    "cosine",
+    "funnel",
+    "ring",
+    "multiring",
+    "s1mix",
+    "s2mix",
+];
 
 /// The objective options `train` and `eval` share.
 #[derive(Args, Clone)]
@@ -97,6 +106,11 @@ pub struct ObjectiveArgs {
     /// Energy regulariser weight C (adds C·E² terms, SPEC §2)
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub energy_reg: f32,
+    /// Where the data live (embedded coordinates: unit vectors for the sphere S^n, points of
+    /// the open unit ball for hyperbolic space H^n, the Poincaré ball); default: euclidean,
+    /// sphere for directional --dataset, or the checkpoint's
+    #[arg(long, value_parser = names(&MANIFOLDS))]
+    pub manifold: Option<String>,
     /// auto: the fused kernels wherever they apply (mvl on score-net energies with swish,
     /// tanh, sigmoid or softplus), else the tape
     #[arg(long, value_parser = names(&PATHS), default_value = "auto")]
@@ -106,8 +120,9 @@ pub struct ObjectiveArgs {
 #[derive(Args)]
 #[command(group = clap::ArgGroup::new("source").args(["dataset", "data", "resume"]).required(true).multiple(true))]
 pub struct TrainArgs {
-    /// A built-in 2-D density to draw the training data from
-    #[arg(long, value_parser = names(&Toy::NAMES), conflicts_with = "data")]
+    /// A built-in density to draw the training data from: 2-D (banana … multiring) or on the
+    /// sphere (s1mix, s2mix: the vMF mixtures of SPEC §8)
+    #[arg(long, value_parser = names(&DATASETS), conflicts_with = "data")]
     pub dataset: Option<String>,
     /// Training data: .npy (any real dtype) or .csv, one row per point
     #[arg(long, value_name = "FILE")]
@@ -219,9 +234,13 @@ pub struct ScoreArgs {
     /// Points (.npy or .csv), the model's width
     #[arg(long, value_name = "FILE")]
     pub points: PathBuf,
-    /// Output (.npy), one row [E, score_1..score_d] per point
+    /// Output (.npy), one row [E, score_1..score_d] per point (on a manifold: the
+    /// Riemannian score, in embedded coordinates)
     #[arg(long, value_name = "OUT.npy")]
     pub out: PathBuf,
+    /// Default: the checkpoint's
+    #[arg(long, value_parser = names(&MANIFOLDS))]
+    pub manifold: Option<String>,
 }
 
 #[derive(Args)]
@@ -243,9 +262,12 @@ pub struct SampleArgs {
     pub step_size: f64,
     #[arg(long, value_parser = count, default_value = "0")]
     pub seed: usize,
-    /// Chains start from N(0, init_std² I)
+    /// Chains start from N(0, init_std² I) (sphere: normalised; ball: mapped inside)
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub init_std: f64,
+    /// Riemannian Langevin / MALA on the sphere or the Poincaré ball; default: the checkpoint's
+    #[arg(long, value_parser = names(&MANIFOLDS))]
+    pub manifold: Option<String>,
 }
 
 /// The names above are the library's: a test checks that each one parses there.
@@ -259,6 +281,11 @@ pub fn check_names() -> Result<(), wmvl::Error> {
     }
     for p in PATHS {
         wmvl::fused::Path::from_name(p)?;
+    }
+    for d in DATASETS {
+        if wmvl::data::Toy::from_name(d).is_err() {
+            wmvl::directional::Directional::from_name(d)?;
+        }
     }
     for s in ["langevin", "mala"] {
         wmvl::sample::Sampler::from_name(s)?;

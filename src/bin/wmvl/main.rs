@@ -17,6 +17,7 @@ use wmvl::app::load_model;
 use wmvl::checkpoint::Checkpoint;
 use wmvl::data::{load_data, Matrix, NpyWriter};
 use wmvl::gpu::Gpu;
+use wmvl::manifold::Manifold;
 use wmvl::model::Arch;
 use wmvl::objective::{self, estimate, Objective};
 use wmvl::progress::{Progress, Reporter};
@@ -96,13 +97,18 @@ fn info() -> Result<(), Error> {
     }
 }
 
-pub fn objective_config(o: &ObjectiveArgs) -> Result<(Objective, objective::Config), Error> {
+/// The objective and its settings; the manifold is `manifold` (see [`manifold_of`]).
+pub fn objective_config(
+    o: &ObjectiveArgs,
+    manifold: Manifold,
+) -> Result<(Objective, objective::Config), Error> {
     let cfg = objective::Config {
         eps: o.eps,
         control_variate: !o.no_cv,
         rescale: !o.no_rescale,
         energy_reg: o.energy_reg,
         mh_diagnostic: false,
+        manifold,
     };
     if !(cfg.eps.is_finite() && cfg.eps > 0.0) {
         return Err(Error::Invalid(format!(
@@ -116,8 +122,48 @@ pub fn objective_config(o: &ObjectiveArgs) -> Result<(Objective, objective::Conf
     Ok((Objective::from_name(&o.objective)?, cfg))
 }
 
-pub fn check_width(m: &Matrix, arch: &Arch, file: &Path, ck: &Path) -> Result<(), Error> {
-    if m.cols != arch.dim {
+/// The manifold: as given, else the checkpoint's `manifold` entry, else R^d.
+pub fn manifold_of(given: Option<&str>, ck: Option<&Checkpoint>) -> Result<Manifold, Error> {
+    match (given, ck.and_then(|c| c.metadata.get("manifold"))) {
+        (Some(g), _) => Manifold::from_name(g),
+        (None, Some(saved)) => Manifold::from_name(saved),
+        (None, None) => Ok(Manifold::Euclidean),
+    }
+}
+
+/// Data in embedded coordinates → the manifold's chart form (see `wmvl::manifold`), refusing
+/// rows off the manifold by number.
+pub fn chart_form(m: Manifold, data: &Matrix, file: &str) -> Result<Matrix, Error> {
+    if m == Manifold::Euclidean {
+        return Ok(data.clone());
+    }
+    let mut out = Vec::with_capacity(data.data.len());
+    for r in 0..data.rows {
+        let y: Vec<f64> = data.row(r).iter().map(|&v| v as f64).collect();
+        let x = m.to_chart(&y).map_err(|e| {
+            let why = match e {
+                Error::Invalid(w) | Error::Shape(w) => w,
+                other => other.to_string(),
+            };
+            Error::Invalid(format!(
+                "{file}, row {}: {why} (--manifold {})",
+                r + 1,
+                m.name()
+            ))
+        })?;
+        out.extend(x.iter().map(|&v| v as f32));
+    }
+    Matrix::new(data.rows, data.cols, out)
+}
+
+pub fn check_width(
+    m: &Matrix,
+    arch: &Arch,
+    manifold: Manifold,
+    file: &Path,
+    ck: &Path,
+) -> Result<(), Error> {
+    if manifold.model_dim(m.cols) != arch.dim {
         return Err(Error::Shape(format!(
             "{} has {} columns but the model in {} takes {}",
             file.display(),
@@ -130,7 +176,8 @@ pub fn check_width(m: &Matrix, arch: &Arch, file: &Path, ck: &Path) -> Result<()
 }
 
 fn eval(a: EvalArgs) -> Result<(), Error> {
-    let (objective, cfg) = objective_config(&a.objective)?;
+    // Checked now; the manifold (maybe the checkpoint's) is set once the model is loaded.
+    let (_, mut cfg) = objective_config(&a.objective, Manifold::Euclidean)?;
     let seed = a.seed as u64;
     let grad_out = a
         .grad_out
@@ -157,8 +204,11 @@ fn eval(a: EvalArgs) -> Result<(), Error> {
         }
     }
     let gpu = open_gpu()?;
-    let (mut model, _) = load_model(&gpu, &a.checkpoint)?;
-    check_width(&data, &model.arch, &a.data, &a.checkpoint)?;
+    let (mut model, ck) = load_model(&gpu, &a.checkpoint)?;
+    cfg.manifold = manifold_of(a.objective.manifold.as_deref(), Some(&ck))?;
+    check_width(&data, &model.arch, cfg.manifold, &a.data, &a.checkpoint)?;
+    let (objective, cfg) = objective_config(&a.objective, cfg.manifold)?;
+    let data = chart_form(cfg.manifold, &data, &a.data.display().to_string())?;
 
     let path = wmvl::fused::Path::from_name(&a.objective.path)?;
     let mut fused = path.use_fused(&model.arch, objective, &cfg)?;
@@ -296,8 +346,11 @@ fn score(a: ScoreArgs) -> Result<(), Error> {
     outputs::distinct(&[&out], &[&a.points, &a.checkpoint])?;
     let pts = load_data(&a.points)?;
     let gpu = open_gpu()?;
-    let (mut model, _) = load_model(&gpu, &a.checkpoint)?;
-    check_width(&pts, &model.arch, &a.points, &a.checkpoint)?;
+    let (mut model, ck) = load_model(&gpu, &a.checkpoint)?;
+    let manifold = manifold_of(a.manifold.as_deref(), Some(&ck))?;
+    check_width(&pts, &model.arch, manifold, &a.points, &a.checkpoint)?;
+    // Refuse points off the manifold (by row) before any work.
+    chart_form(manifold, &pts, &a.points.display().to_string())?;
     let (n, d) = (pts.rows, pts.cols);
     // Streamed to a temporary file beside the output, renamed over it only when complete.
     outputs::check_space(&out, (n * (d + 1) * 4) as u64, "--out")?;
@@ -307,11 +360,20 @@ fn score(a: ScoreArgs) -> Result<(), Error> {
     for start in (0..n).step_by(CHUNK_ROWS) {
         interrupted()?;
         let rows = CHUNK_ROWS.min(n - start);
-        let x = gpu.upload(rows, d, &pts.data[start * d..(start + rows) * d])?;
+        // The model's inputs: the points, or their embedding (the ball's hyperboloid point).
+        let md = model.arch.dim;
+        let input: Vec<f32> = pts.data[start * d..(start + rows) * d]
+            .chunks(d)
+            .flat_map(|p| {
+                let p: Vec<f64> = p.iter().map(|&v| v as f64).collect();
+                manifold.model_input(&p).into_iter().map(|v| v as f32)
+            })
+            .collect();
+        let x = gpu.upload(rows, md, &input)?;
         let (e, s) = wmvl::train::energy_and_score(&gpu, &mut model, &x, 4096)?;
         let mut table = Vec::with_capacity(rows * (d + 1));
         for r in 0..rows {
-            if !e[r].is_finite() || s[r * d..(r + 1) * d].iter().any(|v| !v.is_finite()) {
+            if !e[r].is_finite() || s[r * md..(r + 1) * md].iter().any(|v| !v.is_finite()) {
                 return Err(Error::Invalid(format!(
                     "the energy or score at row {} of {} is not finite: the model overflows there; nothing was written",
                     start + r + 1,
@@ -319,7 +381,9 @@ fn score(a: ScoreArgs) -> Result<(), Error> {
                 )));
             }
             table.push(e[r]);
-            table.extend_from_slice(&s[r * d..(r + 1) * d]);
+            let y: Vec<f64> = pts.row(start + r).iter().map(|&v| v as f64).collect();
+            let sy: Vec<f64> = s[r * md..(r + 1) * md].iter().map(|&v| v as f64).collect();
+            table.extend(manifold.riemannian_score(&y, &sy).iter().map(|&v| v as f32));
         }
         writer.push(&table)?;
         report.update(start + rows, String::new);
@@ -355,10 +419,17 @@ fn sample_cmd(a: SampleArgs) -> Result<(), Error> {
     let sampler = Sampler::from_name(&a.sampler)?;
     let gpu = open_gpu()?;
     let (mut model, ck) = load_model(&gpu, &a.checkpoint)?;
-    let d = model.arch.dim;
+    let manifold = manifold_of(a.manifold.as_deref(), Some(&ck))?;
+    // Samples are data points: the ball's have one coordinate fewer than the model's input.
+    let d = match manifold {
+        Manifold::Hyperbolic => model.arch.dim - 1,
+        _ => model.arch.dim,
+    };
     let bytes = (a.n as u128 * d as u128 * 4).min(u64::MAX as u128) as u64;
     outputs::check_space(&out, bytes, "--out")?;
-    train::warn_tails(&gpu, &mut model, &ck, a.seed as u64)?;
+    if manifold == Manifold::Euclidean {
+        train::warn_tails(&gpu, &mut model, &ck, a.seed as u64)?;
+    }
     let mut writer = NpyWriter::create(&out, a.n, d)?;
     let mut progress = print_progress;
     let stop = stop_flag();
@@ -368,6 +439,7 @@ fn sample_cmd(a: SampleArgs) -> Result<(), Error> {
         step_size: a.step_size,
         seed: a.seed as u64,
         init_std: a.init_std,
+        manifold,
     };
     let stats = wmvl::sample::sample_chunked(
         &gpu,

@@ -8,12 +8,14 @@ use std::path::Path;
 use clap::{CommandFactory, FromArgMatches};
 
 use crate::args::{Cli, Command, TrainArgs};
-use crate::{objective_config, open_gpu, outputs, stop_flag};
+use crate::{chart_form, manifold_of, objective_config, open_gpu, outputs, stop_flag};
 use wmvl::app::{density_figure, fisher_to_truth};
 use wmvl::checkpoint::Checkpoint;
 use wmvl::checkpoint::NamedTensor;
 use wmvl::data::{load_data, Matrix, Toy};
+use wmvl::directional::Directional;
 use wmvl::gpu::Gpu;
+use wmvl::manifold::Manifold;
 use wmvl::model::{act_from_name, Arch, EnergyKind, HostParams, Init, Model};
 use wmvl::optim::Rule;
 use wmvl::saved_run::{load_state, partial_path, run_checkpoint};
@@ -179,7 +181,25 @@ pub fn warn_tails<'g>(
 
 pub fn run(argv: &[OsString]) -> Result<(), Error> {
     let (a, run_args, resumed) = resolve(argv)?;
-    let (objective, obj) = objective_config(&a.objective)?;
+    // Directional data sets live on the sphere; --manifold (replayed on resume) or R^d else.
+    let directional = a
+        .dataset
+        .as_deref()
+        .filter(|n| Directional::NAMES.contains(n))
+        .map(Directional::from_name)
+        .transpose()?;
+    let manifold = match (a.objective.manifold.as_deref(), &directional) {
+        (None, Some(_)) => Manifold::Sphere,
+        (given, _) => manifold_of(given, None)?,
+    };
+    if directional.is_some() && manifold != Manifold::Sphere {
+        return Err(Error::Invalid(format!(
+            "--dataset {} lives on the sphere, not in {}",
+            a.dataset.as_deref().unwrap_or_default(),
+            manifold.name()
+        )));
+    }
+    let (objective, obj) = objective_config(&a.objective, manifold)?;
     let seed = a.seed as u64;
 
     // Every output is checked before any work.
@@ -224,6 +244,15 @@ pub fn run(argv: &[OsString]) -> Result<(), Error> {
         ));
     }
     let (toy, data, heldout) = match (&a.dataset, &a.data) {
+        (Some(_), None) if directional.is_some() => {
+            let dir = directional.as_ref().expect("checked");
+            if a.n < 2 {
+                return Err(Error::Invalid("--n must be at least 2".into()));
+            }
+            let held = ((a.n as f64) * a.heldout).round() as usize;
+            let held = (held > 0).then(|| dir.sample_matrix(held, seed ^ 0xbeef));
+            (None, dir.sample_matrix(a.n, seed), held)
+        }
         (Some(name), None) => {
             let toy = Toy::from_name(name)?;
             if a.n < 2 {
@@ -235,6 +264,8 @@ pub fn run(argv: &[OsString]) -> Result<(), Error> {
         }
         (None, Some(file)) => {
             let m = load_data(file)?;
+            // Off-manifold rows refused by their row in the file (before the shuffle).
+            chart_form(manifold, &m, &file.display().to_string())?;
             let (train, held) = split(&m, a.heldout, seed);
             (None, train, held)
         }
@@ -244,6 +275,23 @@ pub fn run(argv: &[OsString]) -> Result<(), Error> {
             ))
         }
     };
+    if plot.is_some() && manifold != Manifold::Euclidean {
+        return Err(Error::Invalid(format!(
+            "--plot draws densities in the plane; figures on the {} are not drawn yet",
+            manifold.name()
+        )));
+    }
+    // The trainer sees the manifold's chart form (sphere: chart point and sign).
+    let data_name = a
+        .dataset
+        .clone()
+        .or(a.data.as_ref().map(|p| p.display().to_string()))
+        .unwrap_or_default();
+    let embedded = data.clone();
+    let data = chart_form(manifold, &data, &data_name)?;
+    let heldout = heldout
+        .map(|h| chart_form(manifold, &h, &format!("{data_name} (held out)")))
+        .transpose()?;
     if plot.is_some() && toy.is_none() && data.cols != 2 {
         return Err(Error::Invalid(format!(
             "--plot draws 2-D data; the data have {} columns",
@@ -266,7 +314,7 @@ pub fn run(argv: &[OsString]) -> Result<(), Error> {
         .as_deref()
         .map(|p| Ok::<_, Error>((Checkpoint::load(p)?, p)))
         .transpose()?;
-    let given = arch_from_args(&a, data.cols)?;
+    let given = arch_from_args(&a, manifold.model_dim(data.cols))?;
     let (arch, hp) = match source.or(warm.as_ref().map(|(c, p)| (c, *p))) {
         Some((ck, path)) => {
             let arch = Arch::from_checkpoint(ck)
@@ -285,7 +333,7 @@ pub fn run(argv: &[OsString]) -> Result<(), Error> {
                     given.hidden
                 )));
             }
-            if arch.dim != data.cols {
+            if arch.dim != manifold.model_dim(data.cols) {
                 return Err(Error::Shape(format!(
                     "{} holds a model of input width {}, the data have {} columns",
                     path.display(),
@@ -381,11 +429,7 @@ pub fn run(argv: &[OsString]) -> Result<(), Error> {
         (None, None) => eprintln!("wmvl: tape path"),
     }
 
-    let source_name = a
-        .dataset
-        .clone()
-        .or(a.data.as_ref().map(|p| p.display().to_string()))
-        .unwrap_or_default();
+    let source_name = data_name;
     let meta = |status: &str, step: usize| -> Vec<(String, String)> {
         vec![
             (RUN_ARGS.to_string(), run_args.join("\n")),
@@ -403,11 +447,12 @@ pub fn run(argv: &[OsString]) -> Result<(), Error> {
             ("lr".to_string(), cfg.lr.to_string()),
             ("seed".to_string(), seed.to_string()),
             ("dataset".to_string(), source_name.clone()),
+            ("manifold".to_string(), manifold.name().to_string()),
         ]
     };
     // A seeded subset of the training rows travels with the model, so that `sample` can
     // check the learned density's tails against where the data were.
-    let data_rows = data_subset(&data, 256, seed)?;
+    let data_rows = data_subset(&embedded, 256, seed)?;
     let save = |tr: &Trainer, status: &str, step: usize, path: &Path| -> Result<(), Error> {
         let mut ck = run_checkpoint(&gpu, tr, &meta(status, step))?;
         ck.tensors.push(data_rows.clone());
@@ -538,7 +583,13 @@ pub fn run(argv: &[OsString]) -> Result<(), Error> {
     if let Some(l) = &log {
         println!("wrote the loss log to {}", l.display());
     }
-    if let Some(w) = wmvl::diagnose::tail_check(&gpu, &mut trainer.model, &data, seed)? {
+    // Shells beyond the data: a question for R^d (the sphere is compact; on the ball the
+    // shells would leave the manifold).
+    let tails = match manifold {
+        Manifold::Euclidean => wmvl::diagnose::tail_check(&gpu, &mut trainer.model, &data, seed)?,
+        _ => None,
+    };
+    if let Some(w) = tails {
         eprintln!("wmvl: warning: {w}");
     }
     if let Some(toy) = toy {
