@@ -14,6 +14,11 @@ pub trait Backend {
     type Index: Clone;
 
     fn shape(&self, t: &Self::Tensor) -> (usize, usize);
+    /// The values on the host (a round trip on a GPU: for data-dependent constants such as a
+    /// kernel bandwidth, never inside the differentiable graph).
+    fn to_host(&self, t: &Self::Tensor) -> Result<Vec<f64>>;
+    /// A tensor from host values (rounded to the device's precision).
+    fn upload_host(&self, rows: usize, cols: usize, data: &[f64]) -> Result<Self::Tensor>;
     fn index_len(&self, i: &Self::Index) -> usize;
     /// Every index value is smaller than this.
     fn index_bound(&self, i: &Self::Index) -> usize;
@@ -76,6 +81,12 @@ impl<B: Backend + ?Sized> Backend for &B {
 
     fn shape(&self, t: &Self::Tensor) -> (usize, usize) {
         (**self).shape(t)
+    }
+    fn to_host(&self, t: &Self::Tensor) -> Result<Vec<f64>> {
+        (**self).to_host(t)
+    }
+    fn upload_host(&self, rows: usize, cols: usize, data: &[f64]) -> Result<Self::Tensor> {
+        (**self).upload_host(rows, cols, data)
     }
     fn index_len(&self, i: &Self::Index) -> usize {
         (**self).index_len(i)

@@ -68,6 +68,12 @@ impl Backend for Cpu {
     fn shape(&self, t: &Mat) -> (usize, usize) {
         (t.rows, t.cols)
     }
+    fn to_host(&self, t: &Mat) -> Result<Vec<f64>> {
+        Ok(t.data.clone())
+    }
+    fn upload_host(&self, rows: usize, cols: usize, data: &[f64]) -> Result<Mat> {
+        Mat::new(rows, cols, data.to_vec())
+    }
     fn index_len(&self, i: &Vec<u32>) -> usize {
         i.len()
     }

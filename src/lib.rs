@@ -34,6 +34,7 @@ pub mod model;
 pub mod objective;
 pub mod ops;
 pub mod optim;
+pub mod particles;
 pub mod plot;
 pub mod progress;
 pub mod rng;

@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::langevin::step;
 use crate::manifold::Manifold;
 use crate::ops::Axis;
+use crate::particles::{log_kde, rbf_kernel, scott_bandwidth, svgd_direction};
 use crate::tape::Var;
 
 /// Anything that maps a batch (rows, d) to per-sample energies (rows, 1) on a tape.
@@ -50,10 +51,16 @@ pub enum Objective {
     SsmVr,
     /// Exact score matching: d backward passes for the Laplacian.
     ExactSm,
+    /// MVL with the SPOS sampler (SPEC §6): α·SVGD + (1 − α)·Langevin.
+    Spos,
+    /// MVL with SVGD (SPOS with α = 1): the kernelized Stein discrepancy.
+    Svgd,
+    /// MVL with birth–death accelerated Langevin (Wasserstein–Fisher–Rao space).
+    BirthDeath,
 }
 
 impl Objective {
-    pub const ALL: [Objective; 7] = [
+    pub const ALL: [Objective; 10] = [
         Objective::Mvl,
         Objective::Dsm,
         Objective::VrDsm,
@@ -61,6 +68,9 @@ impl Objective {
         Objective::Ssm,
         Objective::SsmVr,
         Objective::ExactSm,
+        Objective::Spos,
+        Objective::Svgd,
+        Objective::BirthDeath,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +82,9 @@ impl Objective {
             Objective::Ssm => "ssm",
             Objective::SsmVr => "ssm-vr",
             Objective::ExactSm => "exact-sm",
+            Objective::Spos => "spos",
+            Objective::Svgd => "svgd",
+            Objective::BirthDeath => "birth-death",
         }
     }
 
@@ -112,6 +125,14 @@ pub struct Config {
     pub energy_reg: f32,
     /// Compute the Metropolis–Hastings acceptance diagnostic (MVL; costs one more gradient).
     pub mh_diagnostic: bool,
+    /// SPOS: the weight α of the SVGD direction (1 − α on Langevin).
+    pub alpha: f32,
+    /// SPOS/SVGD: the RBF kernel's bandwidth h; None: the median heuristic of SPEC §6 (which
+    /// reads the batch's distances back to the host each step).
+    pub kernel_bandwidth: Option<f32>,
+    /// Birth–death: the data density estimate's Gaussian bandwidth σ; None: Scott's rule
+    /// (host round trip per step).
+    pub kde_bandwidth: Option<f32>,
     /// Where the data live; batches are in the manifold's chart form (see
     /// [`crate::manifold`]). MVL and CD-1 take the Riemannian step there (SPEC §5).
     pub manifold: Manifold,
@@ -125,6 +146,9 @@ impl Default for Config {
             rescale: true,
             energy_reg: 0.0,
             mh_diagnostic: false,
+            alpha: 0.5,
+            kernel_bandwidth: None,
+            kde_bandwidth: None,
             manifold: Manifold::Euclidean,
         }
     }
@@ -217,6 +241,71 @@ pub fn estimate<'t, B: Backend>(
                 acceptance = Some(st.mh_acceptance()?);
             }
             diff.div(st.eps_i)?.neg()?
+        }
+        Objective::Spos | Objective::Svgd => {
+            // SPEC §6: x₁ = x₀ + α·εᵢ·φ(x₀) + (1 − α)(−εᵢ·½g + ξ), control variate (1 − α)g·ξ.
+            let alpha = if objective == Objective::Svgd {
+                1.0
+            } else {
+                cfg.alpha
+            };
+            if !(0.0..=1.0).contains(&alpha) {
+                return Err(Error::Invalid(format!(
+                    "SPOS α must be in [0, 1], got {alpha}"
+                )));
+            }
+            let st = step(
+                cfg.manifold,
+                model,
+                x0,
+                z.expect("checked"),
+                0.5,
+                eps,
+                cfg.rescale,
+            )?;
+            let x1 = if alpha == 0.0 {
+                st.x1
+            } else {
+                let (k, h) = rbf_kernel(x0, cfg.kernel_bandwidth)?;
+                let phi = svgd_direction(x0, st.g, k, h, 0.5)?;
+                let langevin = st.x1.sub(x0)?.scale(1.0 - alpha)?;
+                x0.add(langevin)?.add(phi.mul(st.eps_i)?.scale(alpha)?)?
+            };
+            let mut diff = st.energy.energy(x1)?.sub(st.e0)?;
+            if cfg.control_variate && alpha < 1.0 {
+                diff = diff.sub(st.g.rowdot(st.xi)?.scale(1.0 - alpha)?)?;
+            }
+            diff.div(st.eps_i)?.neg()?
+        }
+        Objective::BirthDeath => {
+            // Langevin MVL plus the Fisher–Rao part of the flow towards q^½ taken in
+            // expectation (docs/birth_death.md): (Eᵢ − Ē)(log p̂ᵢ − mean log p̂) + ½(Eᵢ − Ē)².
+            let st = step(
+                cfg.manifold,
+                model,
+                x0,
+                z.expect("checked"),
+                0.5,
+                eps,
+                cfg.rescale,
+            )?;
+            let mut diff = st.e1()?.sub(st.e0)?;
+            if cfg.control_variate {
+                diff = diff.sub(st.g.rowdot(st.xi)?)?;
+            }
+            let langevin = diff.div(st.eps_i)?.neg()?;
+            // The data density estimate: a constant of the batch, made on the host in f64.
+            let dev = x0.tape().backend();
+            let host = dev.to_host(&x0.value())?;
+            let sigma = match cfg.kde_bandwidth {
+                Some(s) => s as f64,
+                None => scott_bandwidth(&host, rows, d),
+            };
+            let lp = log_kde(&host, rows, d, sigma)?;
+            let lp = x0.tape().leaf(dev.upload_host(rows, 1, &lp)?);
+            let lc = lp.sub(lp.mean_all()?)?;
+            let c = st.e0.sub(st.e0.mean_all()?)?;
+            langevin.add(c.mul(lc)?)?.add(c.square()?.scale(0.5)?)?
         }
         Objective::Dsm | Objective::VrDsm => {
             // L = ‖√ε z − ε∇E(x + √ε z)‖² (eq. 12 with σ² = ε); ε⁻²L → 2J + const (eq. 13), so

@@ -354,7 +354,10 @@ fn chart_gradients_on_the_tape_match_the_hosts() {
             let host = m.chart_grad(&m.chart_in(p, sg), sg, &w);
             for (j, &b) in host.iter().enumerate().take(n) {
                 let a = g.at(i, j);
-                assert!((a - b).abs() < 1e-9 * (1.0 + b.abs()), "{m:?} row {i}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() < 1e-9 * (1.0 + b.abs()),
+                    "{m:?} row {i}: {a} vs {b}"
+                );
             }
         }
     }

@@ -308,6 +308,13 @@ impl Backend for Gpu {
     fn shape(&self, t: &Tensor) -> (usize, usize) {
         t.shape()
     }
+    fn to_host(&self, t: &Tensor) -> Result<Vec<f64>> {
+        Ok(self.read(t)?.into_iter().map(f64::from).collect())
+    }
+    fn upload_host(&self, rows: usize, cols: usize, data: &[f64]) -> Result<Tensor> {
+        let v: Vec<f32> = data.iter().map(|&x| x as f32).collect();
+        self.upload(rows, cols, &v)
+    }
     fn index_len(&self, i: &Index) -> usize {
         i.len
     }

@@ -74,7 +74,18 @@ fn names(list: &'static [&'static str]) -> impl TypedValueParser<Value = String>
     PossibleValuesParser::new(list)
 }
 
-const OBJECTIVES: [&str; 7] = ["mvl", "dsm", "vr-dsm", "cd1", "ssm", "ssm-vr", "exact-sm"];
+const OBJECTIVES: [&str; 10] = [
+    "mvl",
+    "dsm",
+    "vr-dsm",
+    "cd1",
+    "ssm",
+    "ssm-vr",
+    "exact-sm",
+    "spos",
+    "svgd",
+    "birth-death",
+];
 const OPTIMIZERS: [&str; 3] = ["rmsprop", "rmsprop-torch", "adam"];
 const PATHS: [&str; 3] = ["auto", "tape", "fused"];
 const MANIFOLDS: [&str; 3] = wmvl::manifold::Manifold::NAMES;
@@ -91,7 +102,8 @@ const DATASETS: [&str; 7] = [
 /// The objective options `train` and `eval` share.
 #[derive(Args, Clone)]
 pub struct ObjectiveArgs {
-    /// Objective (SPEC §2-3); mvl is the Wasserstein minimum velocity loss
+    /// Objective (SPEC §2-4, §6); mvl is the Wasserstein minimum velocity loss with Langevin
+    /// dynamics; spos, svgd and birth-death are MVL with those samplers
     #[arg(long, value_parser = names(&OBJECTIVES), default_value = "mvl")]
     pub objective: String,
     /// Sampler step size ε₀ of MVL (noise scale of DSM)
@@ -106,6 +118,15 @@ pub struct ObjectiveArgs {
     /// Energy regulariser weight C (adds C·E² terms, SPEC §2)
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub energy_reg: f32,
+    /// SPOS: weight α of the SVGD direction (1 − α on Langevin)
+    #[arg(long, default_value_t = 0.5)]
+    pub alpha: f32,
+    /// SPOS/SVGD: the RBF kernel bandwidth h (default: the median heuristic of SPEC §6)
+    #[arg(long)]
+    pub kernel_bandwidth: Option<f32>,
+    /// Birth–death: the data density estimate's bandwidth σ (default: Scott's rule)
+    #[arg(long)]
+    pub kde_bandwidth: Option<f32>,
     /// Where the data live (embedded coordinates: unit vectors for the sphere S^n, points of
     /// the open unit ball for hyperbolic space H^n, the Poincaré ball); default: euclidean,
     /// sphere for directional --dataset, or the checkpoint's

@@ -108,6 +108,9 @@ pub fn objective_config(
         rescale: !o.no_rescale,
         energy_reg: o.energy_reg,
         mh_diagnostic: false,
+        alpha: o.alpha,
+        kernel_bandwidth: o.kernel_bandwidth,
+        kde_bandwidth: o.kde_bandwidth,
         manifold,
     };
     if !(cfg.eps.is_finite() && cfg.eps > 0.0) {
