@@ -50,7 +50,13 @@ fn l2_up_to_constant(a: &[f64], b: &[f64], w: &[f64]) -> f64 {
         .sqrt()
 }
 
-fn train(m: Manifold, arch: &Arch, data: &Matrix, steps: usize, eps: f32) -> (Model<&'static Gpu>, Model<&'static Gpu>) {
+fn train(
+    m: Manifold,
+    arch: &Arch,
+    data: &Matrix,
+    steps: usize,
+    eps: f32,
+) -> (Model<&'static Gpu>, Model<&'static Gpu>) {
     let g = gpu();
     let hp = HostParams::init(arch, Init::Glorot, 3).unwrap();
     let untrained = Model::from_host(arch.clone(), &hp, |r, c, d| g.upload(r, c, d)).unwrap();
@@ -93,7 +99,10 @@ fn training_on_the_s1_mixture_recovers_its_log_density() {
             [t.cos(), t.sin()]
         })
         .collect();
-    let logp: Vec<f64> = grid.chunks(2).map(|y| truth.log_density(y).unwrap()).collect();
+    let logp: Vec<f64> = grid
+        .chunks(2)
+        .map(|y| truth.log_density(y).unwrap())
+        .collect();
     let w = vec![1.0 / k as f64; k];
     let err = |model: &mut Model<&'static Gpu>| {
         let lq: Vec<f64> = energies(model, &grid, 2).iter().map(|e| -e).collect();
@@ -101,7 +110,10 @@ fn training_on_the_s1_mixture_recovers_its_log_density() {
     };
     let (after, before) = (err(&mut trained), err(&mut untrained));
     println!("S¹ mixture: L2 error of log q up to a constant: {after:.3} (untrained {before:.3})");
-    assert!(after < 0.35 * before && after < 0.3, "L2 error {after} (untrained {before})");
+    assert!(
+        after < 0.35 * before && after < 0.3,
+        "L2 error {after} (untrained {before})"
+    );
 }
 
 #[test]
@@ -139,6 +151,11 @@ fn training_on_a_wrapped_normal_on_h2_recovers_its_log_density() {
         l2_up_to_constant(&lq, &logp, &w)
     };
     let (after, before) = (err(&mut trained), err(&mut untrained));
-    println!("H² wrapped normal: L2 error of log q up to a constant: {after:.3} (untrained {before:.3})");
-    assert!(after < 0.35 * before && after < 0.3, "L2 error {after} (untrained {before})");
+    println!(
+        "H² wrapped normal: L2 error of log q up to a constant: {after:.3} (untrained {before:.3})"
+    );
+    assert!(
+        after < 0.35 * before && after < 0.3,
+        "L2 error {after} (untrained {before})"
+    );
 }

@@ -274,7 +274,9 @@ pub struct SampleArgs {
     /// Output (.npy), one row per sample
     #[arg(long, value_name = "OUT.npy")]
     pub out: PathBuf,
-    #[arg(long, value_parser = names(&["langevin", "mala"]), default_value = "langevin")]
+    /// langevin and mala: independent chains (Riemannian on the sphere and the ball); svgd:
+    /// interacting particles in groups of 1024 (R^d)
+    #[arg(long, value_parser = names(&["langevin", "mala", "svgd"]), default_value = "langevin")]
     pub sampler: String,
     /// Steps per chain
     #[arg(long, value_parser = count, default_value = "1000")]
@@ -308,7 +310,7 @@ pub fn check_names() -> Result<(), wmvl::Error> {
             wmvl::directional::Directional::from_name(d)?;
         }
     }
-    for s in ["langevin", "mala"] {
+    for s in ["langevin", "mala", "svgd"] {
         wmvl::sample::Sampler::from_name(s)?;
     }
     if OBJECTIVES.len() != wmvl::objective::Objective::ALL.len() {
