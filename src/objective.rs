@@ -4,7 +4,7 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::langevin::step;
+use crate::langevin::{step, Step};
 use crate::manifold::Manifold;
 use crate::ops::Axis;
 use crate::particles::{log_kde, rbf_kernel, scott_bandwidth, svgd_direction};
@@ -166,6 +166,24 @@ pub struct Estimate<'t, B: Backend> {
     pub acceptance: Option<Var<'t, B>>,
 }
 
+/// Per-sample Langevin MVL values −ediff/εᵢ (SPEC §2 steps 1–6, §5 on manifolds): ediff·(ε₀/εᵢ)
+/// with loss = −mean(ediff)/ε₀; with the step taken and E(x₁).
+#[allow(clippy::type_complexity)]
+fn langevin_mvl<'a, 't, B: Backend>(
+    model: &'a dyn Energy<'t, B>,
+    x0: Var<'t, B>,
+    z: Var<'t, B>,
+    cfg: &Config,
+) -> Result<(Var<'t, B>, Step<'a, 't, B>, Var<'t, B>)> {
+    let st = step(cfg.manifold, model, x0, z, 0.5, cfg.eps, cfg.rescale)?;
+    let e1 = st.e1()?;
+    let mut diff = e1.sub(st.e0)?;
+    if cfg.control_variate {
+        diff = diff.sub(st.g.rowdot(st.xi)?)?;
+    }
+    Ok((diff.div(st.eps_i)?.neg()?, st, e1))
+}
+
 /// Evaluate `objective` on batch `x0` (a constant) with standard-normal draw `z` (rows, d).
 pub fn estimate<'t, B: Backend>(
     objective: Objective,
@@ -218,21 +236,7 @@ pub fn estimate<'t, B: Backend>(
     let per_sample = match objective {
         Objective::Mvl => {
             // SPEC §2 steps 1–6 (eqs. 10–11, control variate of §3.2.1); §5 on manifolds.
-            let st = step(
-                cfg.manifold,
-                model,
-                x0,
-                z.expect("checked"),
-                0.5,
-                eps,
-                cfg.rescale,
-            )?;
-            let e1 = st.e1()?;
-            let mut diff = e1.sub(st.e0)?;
-            if cfg.control_variate {
-                diff = diff.sub(st.g.rowdot(st.xi)?)?;
-            }
-            // ediff·(ε₀/εᵢ); loss = −mean(ediff)/ε₀  ⇒ per sample −ediff/εᵢ.
+            let (per_sample, st, e1) = langevin_mvl(model, x0, z.expect("checked"), cfg)?;
             if cfg.energy_reg > 0.0 {
                 let r = e1.square()?.mean_all()?.add(st.e0.square()?.mean_all()?)?;
                 reg = Some(r.scale(cfg.energy_reg)?);
@@ -240,7 +244,7 @@ pub fn estimate<'t, B: Backend>(
             if cfg.mh_diagnostic {
                 acceptance = Some(st.mh_acceptance()?);
             }
-            diff.div(st.eps_i)?.neg()?
+            per_sample
         }
         Objective::Spos | Objective::Svgd => {
             // SPEC §6: x₁ = x₀ + α·εᵢ·φ(x₀) + (1 − α)(−εᵢ·½g + ξ), control variate (1 − α)g·ξ.
@@ -280,20 +284,7 @@ pub fn estimate<'t, B: Backend>(
         Objective::BirthDeath => {
             // Langevin MVL plus the Fisher–Rao part of the flow towards q^½ taken in
             // expectation (docs/birth_death.md): (Eᵢ − Ē)(log p̂ᵢ − mean log p̂) + ½(Eᵢ − Ē)².
-            let st = step(
-                cfg.manifold,
-                model,
-                x0,
-                z.expect("checked"),
-                0.5,
-                eps,
-                cfg.rescale,
-            )?;
-            let mut diff = st.e1()?.sub(st.e0)?;
-            if cfg.control_variate {
-                diff = diff.sub(st.g.rowdot(st.xi)?)?;
-            }
-            let langevin = diff.div(st.eps_i)?.neg()?;
+            let (langevin, st, _) = langevin_mvl(model, x0, z.expect("checked"), cfg)?;
             // The data density estimate: a constant of the batch, made on the host in f64.
             let dev = x0.tape().backend();
             let host = dev.to_host(&x0.value())?;

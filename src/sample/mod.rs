@@ -93,6 +93,37 @@ pub struct SampleStats {
     pub acceptance: f64,
 }
 
+/// Accepted and proposed MALA moves: the acceptance rate shown and returned.
+#[derive(Default)]
+pub(crate) struct Tally {
+    pub accepted: usize,
+    pub proposed: usize,
+}
+
+impl Tally {
+    /// For the progress line: "acceptance 0.93" once something was proposed.
+    pub fn detail(&self) -> String {
+        if self.proposed > 0 {
+            format!("acceptance {:.3}", self.accepted as f64 / self.proposed as f64)
+        } else {
+            String::new()
+        }
+    }
+
+    /// The run's statistics (acceptance 1 when nothing was proposed: Langevin).
+    pub fn stats(&self, chains: usize, dim: usize) -> SampleStats {
+        SampleStats {
+            chains,
+            dim,
+            acceptance: if self.proposed > 0 {
+                self.accepted as f64 / self.proposed as f64
+            } else {
+                1.0
+            },
+        }
+    }
+}
+
 /// What a sampling run produced.
 pub struct Samples {
     /// (n, d) row-major.
@@ -278,19 +309,11 @@ fn run<'g>(
         n.saturating_mul(per_chain),
         progress,
     );
-    let (mut accepted, mut proposed) = (0usize, 0usize);
+    let mut tally = Tally::default();
     for c0 in (0..n).step_by(chunk) {
         let m = chunk.min(n - c0);
-        let mut rngs: Vec<HostRng> = (c0..c0 + m)
-            .map(|c| HostRng::for_stream(cfg.seed, c as u64))
-            .collect();
-        let mut x: Vec<f64> = match start {
-            Start::Normal(std) => rngs
-                .iter_mut()
-                .flat_map(|r| (0..d).map(|_| r.normal() * std).collect::<Vec<_>>())
-                .collect(),
-            Start::Points(p) => p[c0 * d..(c0 + m) * d].iter().map(|&v| v as f64).collect(),
-        };
+        let mut rngs = chain_rngs(cfg.seed, c0, m);
+        let mut x = initial(&start, &mut rngs, c0, d);
         let eval = |model: &mut Model<&'g Gpu>, x: &[f64], step: usize| {
             eval_chunk(gpu, model, x, d, c0, step)
         };
@@ -324,9 +347,9 @@ fn run<'g>(
                             back += b * b;
                         }
                         let log_a = e[r] - ep[r] + (fwd - back) / (4.0 * h);
-                        proposed += 1;
+                        tally.proposed += 1;
                         if rng.uniform().ln() < log_a {
-                            accepted += 1;
+                            tally.accepted += 1;
                             x[row.clone()].copy_from_slice(&xp[row.clone()]);
                             s[row.clone()].copy_from_slice(&sp[row]);
                             e[r] = ep[r];
@@ -334,11 +357,7 @@ fn run<'g>(
                     }
                 }
             }
-            let rate = (proposed > 0).then(|| accepted as f64 / proposed as f64);
-            reporter.update(c0 * per_chain + step * m, || {
-                rate.map(|a| format!("acceptance {a:.3}"))
-                    .unwrap_or_default()
-            });
+            reporter.update(c0 * per_chain + step * m, || tally.detail());
         }
         let points: Vec<f32> = x.iter().map(|&v| v as f32).collect();
         on_chunk(&points)?;
@@ -346,15 +365,29 @@ fn run<'g>(
             reporter.update(c0 + m, String::new);
         }
     }
-    Ok(SampleStats {
-        chains: n,
-        dim: d,
-        acceptance: if proposed > 0 {
-            accepted as f64 / proposed as f64
-        } else {
-            1.0
-        },
-    })
+    Ok(tally.stats(n, d))
+}
+
+/// The random streams of chains c0..c0+m: one per chain, named by (seed, chain index).
+pub(crate) fn chain_rngs(seed: u64, c0: usize, m: usize) -> Vec<HostRng> {
+    (c0..c0 + m)
+        .map(|c| HostRng::for_stream(seed, c as u64))
+        .collect()
+}
+
+/// The chains' starting points (m × d): N(0, std²I) from each chain's stream (which goes on
+/// to drive its steps), or the given points.
+pub(crate) fn initial(start: &Start<'_>, rngs: &mut [HostRng], c0: usize, d: usize) -> Vec<f64> {
+    match start {
+        Start::Normal(std) => rngs
+            .iter_mut()
+            .flat_map(|r| (0..d).map(|_| r.normal() * std).collect::<Vec<_>>())
+            .collect(),
+        Start::Points(p) => p[c0 * d..(c0 + rngs.len()) * d]
+            .iter()
+            .map(|&v| v as f64)
+            .collect(),
+    }
 }
 
 /// Energies and scores of one chunk's points, refusing points, energies or scores that are

@@ -1,7 +1,7 @@
 //! Riemannian Langevin and MALA on S^n and H^n: each step in the chart of the chain's current
 //! point (SPEC §5 with s = 1); densities with respect to the Riemannian volume.
 
-use super::{eval_chunk, Options, SampleStats, Sampler, Start};
+use super::{chain_rngs, eval_chunk, initial, Options, SampleStats, Sampler, Start, Tally};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::manifold::Manifold;
@@ -92,27 +92,26 @@ pub(super) fn run<'g>(
         n.saturating_mul(per_chain),
         progress,
     );
-    let (mut accepted, mut proposed) = (0usize, 0usize);
+    let mut tally = Tally::default();
     for c0 in (0..n).step_by(chunk) {
         let k = chunk.min(n - c0);
-        let mut rngs: Vec<HostRng> = (c0..c0 + k)
-            .map(|c| HostRng::for_stream(cfg.seed, c as u64))
-            .collect();
-        let mut y: Vec<f64> = match start {
-            Start::Normal(std) => rngs
-                .iter_mut()
-                .flat_map(|r| {
-                    let v: Vec<f64> = (0..d).map(|_| r.normal() * std.max(1e-12)).collect();
-                    let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt().max(1e-300);
-                    let scale = match m {
-                        Manifold::Sphere => 1.0 / norm,
-                        _ => (norm / 2.0).tanh() / norm,
-                    };
-                    v.into_iter().map(|a| a * scale).collect::<Vec<_>>()
-                })
-                .collect(),
-            Start::Points(p) => p[c0 * d..(c0 + k) * d].iter().map(|&v| v as f64).collect(),
-        };
+        let mut rngs = chain_rngs(cfg.seed, c0, k);
+        let mut y = initial(&start, &mut rngs, c0, d);
+        if let Start::Normal(_) = start {
+            // Onto the manifold: normalised (uniform on S^n), or v ↦ tanh(‖v‖/2)·v/‖v‖ into
+            // the ball.
+            for p in y.chunks_mut(d) {
+                if m == Manifold::Sphere && p.iter().all(|a| *a == 0.0) {
+                    p[d - 1] = 1.0; // --init-std 0 on the sphere: start at the north pole
+                }
+                let norm = p.iter().map(|a| a * a).sum::<f64>().sqrt().max(1e-300);
+                let scale = match m {
+                    Manifold::Sphere => 1.0 / norm,
+                    _ => (norm / 2.0).tanh() / norm,
+                };
+                p.iter_mut().for_each(|a| *a *= scale);
+            }
+        }
         for r in 0..k {
             m.to_chart(&y[r * d..(r + 1) * d])
                 .map_err(|e| Error::Invalid(format!("starting point of chain {}: {e}", c0 + r)))?;
@@ -142,7 +141,7 @@ pub(super) fn run<'g>(
             for (r, rng) in rngs.iter_mut().enumerate() {
                 let row = r * d..(r + 1) * d;
                 let take = if fwd[r].is_nan() {
-                    proposed += usize::from(cfg.sampler == Sampler::Mala);
+                    tally.proposed += usize::from(cfg.sampler == Sampler::Mala);
                     false
                 } else if cfg.sampler == Sampler::Langevin {
                     true
@@ -150,23 +149,19 @@ pub(super) fn run<'g>(
                     let grad_p: Vec<f64> = sp[r * md..(r + 1) * md].iter().map(|v| -v).collect();
                     let back = log_proposal(m, &yp[row.clone()], &grad_p, &y[row.clone()], h);
                     let log_a = e[r] - ep[r] + back - fwd[r];
-                    proposed += 1;
+                    tally.proposed += 1;
                     rng.uniform().ln() < log_a
                 };
                 if take {
                     if cfg.sampler == Sampler::Mala {
-                        accepted += 1;
+                        tally.accepted += 1;
                     }
                     y[row.clone()].copy_from_slice(&yp[row]);
                     s[r * md..(r + 1) * md].copy_from_slice(&sp[r * md..(r + 1) * md]);
                     e[r] = ep[r];
                 }
             }
-            let rate = (proposed > 0).then(|| accepted as f64 / proposed as f64);
-            reporter.update(c0 * per_chain + step * k, || {
-                rate.map(|a| format!("acceptance {a:.3}"))
-                    .unwrap_or_default()
-            });
+            reporter.update(c0 * per_chain + step * k, || tally.detail());
         }
         let points: Vec<f32> = y.iter().map(|&v| v as f32).collect();
         on_chunk(&points)?;
@@ -174,13 +169,5 @@ pub(super) fn run<'g>(
             reporter.update(c0 + k, String::new);
         }
     }
-    Ok(SampleStats {
-        chains: n,
-        dim: d,
-        acceptance: if proposed > 0 {
-            accepted as f64 / proposed as f64
-        } else {
-            1.0
-        },
-    })
+    Ok(tally.stats(n, d))
 }

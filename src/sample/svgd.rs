@@ -5,13 +5,12 @@
 //! most [`GROUP`] (the kernel is m × m), so unlike the Langevin samplers the result depends on
 //! how the particles are grouped; the groups are independent systems.
 
-use super::{eval_chunk, Options, SampleStats, Start};
+use super::{chain_rngs, eval_chunk, initial, Options, SampleStats, Start};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::model::Model;
 use crate::particles::median_bandwidth;
 use crate::progress::{Progress, Reporter};
-use crate::rng::HostRng;
 
 /// Particles per interacting group.
 pub const GROUP: usize = 1024;
@@ -62,15 +61,7 @@ pub(super) fn run<'g>(
     let mut reporter = Reporter::new("sample", "particle steps", n.saturating_mul(per), progress);
     for c0 in (0..n).step_by(group) {
         let m = group.min(n - c0);
-        let mut x: Vec<f64> = match start {
-            Start::Normal(std) => (c0..c0 + m)
-                .flat_map(|c| {
-                    let mut r = HostRng::for_stream(cfg.seed, c as u64);
-                    (0..d).map(move |_| r.normal() * std).collect::<Vec<_>>()
-                })
-                .collect(),
-            Start::Points(p) => p[c0 * d..(c0 + m) * d].iter().map(|&v| v as f64).collect(),
-        };
+        let mut x = initial(&start, &mut chain_rngs(cfg.seed, c0, m), c0, d);
         for step in 1..=cfg.steps {
             let (_, s) = eval_chunk(gpu, model, &x, d, c0, step - 1)?;
             let phi = direction(&x, &s, d);
