@@ -38,8 +38,8 @@ fn sphere_train_sample_score_eval() {
     )
     .ok();
     assert!(
-        run.stderr.contains("tape path"),
-        "Riemannian MVL runs on the tape: {run:#?}"
+        run.stderr.contains("fused kernels"),
+        "Riemannian MVL on the sphere runs fused: {run:#?}"
     );
     let ck = Checkpoint::load(t.path("m.safetensors")).unwrap();
     assert_eq!(ck.metadata["manifold"], "sphere");

@@ -41,6 +41,7 @@ override EPS0: f32 = 1e-3;        // base step ε₀
 override RESCALE: bool = true;    // εᵢ = ε₀ / max(1, ‖gᵢ‖²)
 override CV: bool = true;         // subtract the control variate g·ξ
 override REG: f32 = 0.0;          // energy-scale regulariser c
+override SPHERE: bool = false;    // data on S^(D−1) in chart form (x, σ): SPEC §5
 const NONE: u32 = 0xffffffffu;
 
 

@@ -15,6 +15,8 @@ override O_XI: u32 = 0u;   // ξ = √(2εᵢ)·z
 override O_DX: u32 = 0u;   // Δx = x₁ − x₀
 override O_DXL: u32 = 0u;  // Δx again (in [P_L; x₀; Δx])
 override O_V: u32 = 0u;    // v, the cotangent of g
+override O_CH: u32 = 0u;   // sphere: the chart form (x, σ) of x₀ (the stream x₀ holds y(x))
+override O_DCH: u32 = 0u;  // sphere: the chart move Δx (the stream Δx holds Δy)
 override O_Q0: u32 = 0u;
 override O_R0: u32 = 0u;
 override O_PL: u32 = 0u;
@@ -61,6 +63,31 @@ fn input(i: u32, given_rows: bool, given_noise: bool) {
         ws[O_X0L + i * D + c] = x;
         ws[O_NZ + i * D + c] = z;
     }
+    if (SPHERE) {
+        // The row is the chart form (x, σ): keep it, and give the network y(x).
+        let n = D - 1u;
+        var r2 = 0.0;
+        for (var c = 0u; c < D; c++) { ws[O_CH + i * D + c] = ws[O_X0 + i * D + c]; }
+        for (var c = 0u; c < n; c++) { let x = ws[O_CH + i * D + c]; r2 += x * x; }
+        let sg = select(1.0, ws[O_CH + i * D + n], live);
+        let inv = 1.0 / (1.0 + r2);
+        for (var c = 0u; c < D; c++) {
+            var y = sg * (2.0 * inv - 1.0);
+            if (c < n) { y = sg * 2.0 * inv * ws[O_CH + i * D + c]; }
+            y = select(0.0, y, live);
+            ws[O_X0 + i * D + c] = y;
+            ws[O_X0L + i * D + c] = y;
+        }
+    }
+}
+
+// Sphere charts (SPEC §5): y = σ(2x/(1+r), (1−r)/(1+r)), r = ‖x‖², n = D − 1 chart coordinates
+// at ws[ox..], σ given. With a = 2/(1+r), b = 4/(1+r)²: (Jv)ᵢ = σ(a vᵢ − b xᵢ x·v),
+// (Jv)_n = −σ b x·v, and (Jᵀw)ⱼ = σ(a wⱼ − b xⱼ (x·w_head + w_n)).
+fn chart_r(ox: u32) -> f32 {
+    var r = 0.0;
+    for (var c = 0u; c < D - 1u; c++) { r += ws[ox + c] * ws[ox + c]; }
+    return r;
 }
 
 @compute @workgroup_size(ROWS_WG)
@@ -82,6 +109,10 @@ fn rows_step(@builtin(global_invocation_id) gid: vec3<u32>) {
         g2 += g * g;
         e0 += ws[O_X0 + i * D + c] * ws[O_PSI + i * D + c];
     }
+    if (SPHERE) {
+        sphere_step(i, e0);
+        return;
+    }
     var eps = EPS0;
     if (RESCALE) { eps = EPS0 * (1.0 / max(1.0, g2)); }
     let root = sqrt(2.0 * eps);
@@ -92,6 +123,64 @@ fn rows_step(@builtin(global_invocation_id) gid: vec3<u32>) {
         ws[O_DX + i * D + c] = dx;
         ws[O_DXL + i * D + c] = dx;
     }
+    ws[O_EPS + i] = eps;
+    ws[O_E0 + i] = e0;
+}
+
+// The Riemannian step on the sphere (SPEC §5, s = ½) in the chart of x₀: with g = ∇_yE,
+// h = ½Jᵀg + 2n·x/(1+r), drift = −ν·h + (1+r)·x (ν = (1+r)²/4), εᵢ from ‖drift‖², ξ = √(2εᵢν)z,
+// Δx = εᵢ·drift + ξ. The network's input moves by Δy = y(x + Δx) − y(x), computed without
+// cancellation from Δr = 2x·Δx + ‖Δx‖²; the control variate's ∇ₓ(E∘y)·ξ = g·Jξ, so the ξ stream
+// holds Jξ.
+fn sphere_step(i: u32, e0: f32) {
+    let n = D - 1u;
+    let ox = O_CH + i * D;
+    let sg = ws[ox + n];
+    let r = chart_r(ox);
+    let a = 2.0 / (1.0 + r);
+    let b = a * a;
+    let nu = 0.25 * (1.0 + r) * (1.0 + r);
+    var xg = 0.0; // x·g_head + g_n
+    for (var c = 0u; c < n; c++) { xg += ws[ox + c] * ws[O_G + i * D + c]; }
+    xg += ws[O_G + i * D + n];
+    var d2 = 0.0;
+    for (var c = 0u; c < n; c++) {
+        let x = ws[ox + c];
+        let ge = sg * (a * ws[O_G + i * D + c] - b * x * xg);
+        let drift = -nu * (0.5 * ge + 2.0 * f32(n) * x / (1.0 + r)) + (1.0 + r) * x;
+        ws[O_DCH + i * D + c] = drift;
+        d2 += drift * drift;
+    }
+    var eps = EPS0;
+    if (RESCALE) { eps = EPS0 * (1.0 / max(1.0, d2)); }
+    let root = sqrt(2.0 * eps * nu);
+    var xdx = 0.0;
+    var dx2 = 0.0;
+    var xxi = 0.0;
+    for (var c = 0u; c < n; c++) {
+        let x = ws[ox + c];
+        let xi = ws[O_NZ + i * D + c] * root;
+        let dx = eps * ws[O_DCH + i * D + c] + xi;
+        ws[O_DCH + i * D + c] = dx;
+        ws[O_XI + i * D + c] = xi; // chart ξ for now; Jξ below
+        xdx += x * dx;
+        dx2 += dx * dx;
+        xxi += x * xi;
+    }
+    let dr = 2.0 * xdx + dx2;
+    let k = 2.0 / ((1.0 + r) * (1.0 + r + dr));
+    for (var c = 0u; c < n; c++) {
+        let x = ws[ox + c];
+        let dy = sg * (2.0 * ws[O_DCH + i * D + c] / (1.0 + r + dr) - x * dr * k);
+        ws[O_DX + i * D + c] = dy;
+        ws[O_DXL + i * D + c] = dy;
+        ws[O_XI + i * D + c] = sg * (a * ws[O_XI + i * D + c] - b * x * xxi);
+    }
+    let dyn_ = -sg * dr * k;
+    ws[O_DX + i * D + n] = dyn_;
+    ws[O_DXL + i * D + n] = dyn_;
+    ws[O_XI + i * D + n] = -sg * b * xxi;
+    ws[O_DCH + i * D + n] = 0.0;
     ws[O_EPS + i] = eps;
     ws[O_E0 + i] = e0;
 }
@@ -133,6 +222,45 @@ fn rows_adj(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c1 = ws[O_C1 + i];
     let live = select(0.0, 1.0, i < st.rows);
     let cv_w = select(0.0, live / (f32(st.total) * eps), CV);
+    if (SPHERE) {
+        // v = J(x₀)·[−½εᵢν·c₁·J(x₁)ᵀ∇_yE(y₁)] + cv·Jξ: x₁ moves with g through the chart.
+        let n = D - 1u;
+        let ox = O_CH + i * D;
+        let sg = ws[ox + n];
+        let r0 = chart_r(ox);
+        var r1 = 0.0;
+        var x1g = 0.0;
+        for (var c = 0u; c < n; c++) {
+            let x1 = ws[ox + c] + ws[O_DCH + i * D + c];
+            r1 += x1 * x1;
+            x1g += x1 * (ws[O_G + i * D + c] + ws[O_DG + i * D + c]);
+        }
+        x1g += ws[O_G + i * D + n] + ws[O_DG + i * D + n];
+        let a1 = 2.0 / (1.0 + r1);
+        let a0 = 2.0 / (1.0 + r0);
+        let w_scale = -0.5 * eps * 0.25 * (1.0 + r0) * (1.0 + r0) * c1;
+        // w = w_scale·J(x₁)ᵀg₁ (chart), then v = J(x₀)w; x₀·w first.
+        var x0w = 0.0;
+        for (var c = 0u; c < n; c++) {
+            let x1 = ws[ox + c] + ws[O_DCH + i * D + c];
+            let g1 = ws[O_G + i * D + c] + ws[O_DG + i * D + c];
+            let w = w_scale * sg * (a1 * g1 - a1 * a1 * x1 * x1g);
+            ws[O_V + i * D + c] = w;
+            x0w += ws[ox + c] * w;
+        }
+        for (var c = 0u; c < D; c++) {
+            let e = i * D + c;
+            var v = -sg * a0 * a0 * x0w;
+            if (c < n) { v = sg * (a0 * ws[O_V + e] - a0 * a0 * ws[ox + c] * x0w); }
+            v += cv_w * ws[O_XI + e];
+            let c1dx = c1 * ws[O_DX + e];
+            ws[O_V + e] = v;
+            ws[O_Q0 + e] = c1dx + v;
+            ws[O_R0 + e] = c1dx;
+            ws[O_PL + e] = c1dx + (c1 + c0) * ws[O_X0 + e] + v;
+        }
+        return;
+    }
     for (var c = 0u; c < D; c++) {
         let e = i * D + c;
         let g1 = ws[O_G + e] + ws[O_DG + e];

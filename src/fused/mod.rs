@@ -40,11 +40,14 @@
 //! |                   | or given)                                                       |
 //! | forward l = 1..L  | z_l, a_l; ψ                                                     |
 //! | backward l = L..1 | δa, δz (cotangent x₀ on ψ); g = ψ + δa₀                         |
-//! | rows_step         | εᵢ, ξ = √(2εᵢ)z, Δx = −(εᵢ/2)g + ξ, E₀                          |
+//! | rows_step         | εᵢ, ξ = √(2εᵢ)z, Δx = −(εᵢ/2)g + ξ, E₀ (sphere: the chart step |
+//! |                   | of SPEC §5, the network's Δy = y(x + Δx) − y(x) without         |
+//! |                   | cancellation, and Jξ for the control variate)                   |
 //! | diff_forward      | Δz_l, Δa_l; Δψ                                                  |
 //! | rows_diff         | E₁ − E₀ = Δx·ψ(x₁) + x₀·Δψ, ediff, per-sample loss, c₀, c₁       |
 //! | diff_backward     | Δδz_l; Δg                                                       |
-//! | rows_adj          | v, and the io factors Q₀, R₀, P_L                               |
+//! | rows_adj          | v, and the io factors Q₀, R₀, P_L (sphere: v = J(x₀)·[−½εᵢν·c₁· |
+//! |                   | J(x₁)ᵀ∇E(y₁)] + cv·Jξ, x₁ moving with g through the chart)       |
 //! | tangent l < L     | ż_l, ȧ_l, Q_l, R_l                                              |
 //! | adjoint l = L..2  | ρ_{l−1}, P_{l−1}                                                |
 //! | rows_dots         | per-sample ⟨∂W̃, W⟩/σ terms (spectral norm only)                 |
@@ -52,6 +55,10 @@
 //! | grad l = 1..L     | the gradient sums, in chunks of rows                            |
 //! | update_train      | chunks added, chain rule through σ, gradient kept, optimiser    |
 //! |   / update_grad   | (evaluating: no optimiser)                                      |
+//!
+//! On the sphere (`Config::manifold`), the data rows are chart forms (x, σ); `rows_input`
+//! hands the network y(x), and only the per-sample kernels above change: the layer sweeps see
+//! y₀, Δy and v as they see x₀, Δx and v in R^d.
 //!
 //! The tape path (`objective::estimate`) computes the same loss and gradient; the tests hold
 //! both to each other and to the f64 reference.
@@ -105,11 +112,14 @@ pub fn unsupported(
     if cfg.mh_diagnostic {
         return Some("the Metropolis–Hastings diagnostic is computed on the tape path only".into());
     }
-    if cfg.manifold != crate::manifold::Manifold::Euclidean {
-        return Some(format!(
-            "the fused path implements R^d; Riemannian MVL on the {} runs on the tape",
-            cfg.manifold.name()
-        ));
+    if cfg.manifold == crate::manifold::Manifold::Hyperbolic {
+        return Some(
+            "the fused path implements R^d and the sphere; Riemannian MVL on hyperbolic space runs on the tape"
+                .into(),
+        );
+    }
+    if cfg.manifold == crate::manifold::Manifold::Sphere && arch.dim < 2 {
+        return Some("a sphere model needs at least 2 inputs".into());
     }
     None
 }
@@ -352,6 +362,7 @@ impl<'g> FusedMvl<'g> {
             energy_reg: cfg.energy_reg,
             opt_code: opt.map_or(0, |o| o.rule.kernel_args(0.0, 1).0),
             subgroup: gpu.subgroup_core(),
+            sphere: cfg.manifold == crate::manifold::Manifold::Sphere,
         };
         let layout = gpu.custom_layout(&[true, false, false, false, false, false, true]);
         let mut built = Built::default();

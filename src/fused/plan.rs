@@ -83,6 +83,9 @@ pub struct Io {
     pub xi: usize,
     pub dx: usize,
     pub v: usize,
+    /// Sphere: the chart form (x, σ) of x₀ and the chart move Δx (the network sees y(x)).
+    pub ch: usize,
+    pub dch: usize,
     pub eps: usize,
     pub e0: usize,
     pub e1: usize,
@@ -149,6 +152,8 @@ pub struct Specialise {
     pub opt_code: u32,
     /// The adapter's subgroup size where it is fixed and the subgroup core is used.
     pub subgroup: Option<usize>,
+    /// Data on the sphere S^(D−1) in chart form: the Riemannian step of SPEC §5.
+    pub sphere: bool,
 }
 
 struct Alloc(usize);
@@ -215,6 +220,8 @@ impl Plan {
             xi: ws.take(bd),
             dx: ws.take(bd),
             v: ws.take(bd),
+            ch: ws.take(bd),
+            dch: ws.take(bd),
             eps: ws.take(b),
             e0: ws.take(b),
             e1: ws.take(b),
@@ -348,6 +355,7 @@ impl Plan {
             ("RESCALE", s.rescale as u8 as f64),
             ("CV", s.control_variate as u8 as f64),
             ("REG", s.energy_reg as f64),
+            ("SPHERE", s.sphere as u8 as f64),
         ]
     }
 
@@ -367,6 +375,8 @@ impl Plan {
             ("O_DX", io.dx as f64),
             ("O_DXL", io.dxl as f64),
             ("O_V", io.v as f64),
+            ("O_CH", io.ch as f64),
+            ("O_DCH", io.dch as f64),
             ("O_Q0", io.q0 as f64),
             ("O_R0", io.r0 as f64),
             ("O_PL", io.pl as f64),

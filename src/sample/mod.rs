@@ -104,7 +104,10 @@ impl Tally {
     /// For the progress line: "acceptance 0.93" once something was proposed.
     pub fn detail(&self) -> String {
         if self.proposed > 0 {
-            format!("acceptance {:.3}", self.accepted as f64 / self.proposed as f64)
+            format!(
+                "acceptance {:.3}",
+                self.accepted as f64 / self.proposed as f64
+            )
         } else {
             String::new()
         }
