@@ -51,6 +51,8 @@ struct Problem {
     x: Vec<f32>,
     z: Vec<f32>,
     n: usize,
+    /// Columns of x and z: the model's width, one fewer in the Poincaré ball.
+    cols: usize,
 }
 
 fn normal(r: &mut Pcg64) -> f64 {
@@ -77,7 +79,14 @@ fn problem(seed: u64, d: usize, hidden: &[usize], act: Fun, sn: bool, n: usize) 
     }
     let x = (0..n * d).map(|_| (1.5 * normal(&mut r)) as f32).collect();
     let z = (0..n * d).map(|_| normal(&mut r) as f32).collect();
-    Problem { arch, hp, x, z, n }
+    Problem {
+        arch,
+        hp,
+        x,
+        z,
+        n,
+        cols: d,
+    }
 }
 
 fn cfg(eps: f32, control_variate: bool, rescale: bool, energy_reg: f32) -> Config {
@@ -107,7 +116,7 @@ fn tape_on<B: Backend + Copy>(
     let mut model = Model::<B>::from_host(p.arch.clone(), &p.hp, &put)?;
     let tape = Tape::new(dev);
     let bound = model.bind(&tape, false)?;
-    let d = p.arch.dim;
+    let d = p.cols;
     let x0 = tape.leaf(put(p.n, d, &p.x)?);
     let z = tape.leaf(put(p.n, d, &p.z)?);
     let est = estimate(Objective::Mvl, c, &bound, x0, Some(z))?;
@@ -149,7 +158,7 @@ fn tape_gpu(p: &Problem, c: &Config) -> Out {
 fn fused_on(g: &Gpu, p: &Problem, c: &Config, chunk: usize) -> Out {
     let mut model =
         Model::<&Gpu>::from_host(p.arch.clone(), &p.hp, |r, cols, d| g.upload(r, cols, d)).unwrap();
-    let d = p.arch.dim;
+    let d = p.cols;
     let x = g.upload(p.n, d, &p.x).unwrap();
     let z = g.upload(p.n, d, &p.z).unwrap();
     let f = FusedMvl::new(g, &mut model, c, chunk, None).unwrap();
@@ -736,6 +745,41 @@ fn fused_riemannian_mvl_on_the_sphere_matches_the_reference() {
             println!(
                 "sphere seed {seed} ε₀ {eps:e}: loss {l:.1e}, per-sample {s:.1e}, gradient {g:.1e}"
             );
+            let (tl, tg) = if eps >= 1e-3 {
+                (1e-4, 1e-4)
+            } else {
+                (1e-3, 1e-2)
+            };
+            assert!(
+                l < tl && g < tg,
+                "seed {seed} ε₀ {eps}: loss {l:e}, gradient {g:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_riemannian_mvl_in_the_poincare_ball_matches_the_reference() {
+    // H² as the Poincaré ball: rows are ball points (2 columns), the network sees the
+    // hyperboloid point (3 inputs). Fused against the f64 tape, as on the sphere.
+    for (seed, act, sn) in [(4, Fun::Tanh, false), (5, Fun::Swish, true)] {
+        let mut p = problem(seed, 3, &[24, 16], act, sn, 300);
+        let m = wmvl::directional::WrappedNormal::new(2, 0.5)
+            .unwrap()
+            .sample_matrix(300, seed);
+        p.x = m.data;
+        p.z.truncate(300 * 2);
+        p.cols = 2;
+        for eps in [1e-3f32, 1e-5] {
+            let c = Config {
+                eps,
+                manifold: wmvl::manifold::Manifold::Hyperbolic,
+                ..Config::default()
+            };
+            let want = reference(&p, &c);
+            let got = fused(&p, &c);
+            let (l, g) = (rel1(got.loss, want.loss), rel(&got.grad, &want.grad));
+            println!("ball seed {seed} ε₀ {eps:e}: loss {l:.1e}, gradient {g:.1e}");
             let (tl, tg) = if eps >= 1e-3 {
                 (1e-4, 1e-4)
             } else {

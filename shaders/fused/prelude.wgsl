@@ -42,6 +42,8 @@ override RESCALE: bool = true;    // εᵢ = ε₀ / max(1, ‖gᵢ‖²)
 override CV: bool = true;         // subtract the control variate g·ξ
 override REG: f32 = 0.0;          // energy-scale regulariser c
 override SPHERE: bool = false;    // data on S^(D−1) in chart form (x, σ): SPEC §5
+override BALL: bool = false;      // data in the Poincaré ball of R^(D−1); the network sees the
+                                  // hyperboloid point (2x/(1−r), (1+r)/(1−r))
 const NONE: u32 = 0xffffffffu;
 
 

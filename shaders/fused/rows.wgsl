@@ -52,16 +52,39 @@ fn input(i: u32, given_rows: bool, given_noise: bool) {
     // those elements of the draws), or row row0 + i of the data (with a per-launch noise draw).
     var e = st.row0 + i;
     if (given_rows) { r = st.row0 + i; e = i; } else { r = philox_index(e, st.idx_words, st.data_rows); }
+    // Data rows are D wide, D − 1 in the Poincaré ball (the network adds the hyperboloid's
+    // last coordinate).
+    let dw = select(D, D - 1u, BALL);
     for (var c = 0u; c < D; c++) {
         var x = 0.0;
         var z = 0.0;
-        if (live) {
-            x = data[r * D + c];
-            if (given_noise) { z = given[r * D + c]; } else { z = philox_normal(e * D + c, st.noise_words); }
+        if (live && c < dw) {
+            x = data[r * dw + c];
+            if (given_noise) { z = given[r * dw + c]; } else { z = philox_normal(e * dw + c, st.noise_words); }
         }
         ws[O_X0 + i * D + c] = x;
         ws[O_X0L + i * D + c] = x;
         ws[O_NZ + i * D + c] = z;
+    }
+    if (BALL) {
+        // The row is the ball point x: keep it (σ = 1 in the last slot), give the network
+        // y = (2x/(1−r), (1+r)/(1−r)).
+        let n = D - 1u;
+        var r2 = 0.0;
+        for (var c = 0u; c < n; c++) {
+            let x = ws[O_X0 + i * D + c];
+            ws[O_CH + i * D + c] = x;
+            r2 += x * x;
+        }
+        ws[O_CH + i * D + n] = 1.0;
+        let inv = 1.0 / (1.0 - r2);
+        for (var c = 0u; c < D; c++) {
+            var y = 2.0 * inv - 1.0;
+            if (c < n) { y = 2.0 * inv * ws[O_CH + i * D + c]; }
+            y = select(0.0, y, live);
+            ws[O_X0 + i * D + c] = y;
+            ws[O_X0L + i * D + c] = y;
+        }
     }
     if (SPHERE) {
         // The row is the chart form (x, σ): keep it, and give the network y(x).
@@ -81,14 +104,19 @@ fn input(i: u32, given_rows: bool, given_noise: bool) {
     }
 }
 
-// Sphere charts (SPEC §5): y = σ(2x/(1+r), (1−r)/(1+r)), r = ‖x‖², n = D − 1 chart coordinates
-// at ws[ox..], σ given. With a = 2/(1+r), b = 4/(1+r)²: (Jv)ᵢ = σ(a vᵢ − b xᵢ x·v),
-// (Jv)_n = −σ b x·v, and (Jᵀw)ⱼ = σ(a wⱼ − b xⱼ (x·w_head + w_n)).
+// Charts (SPEC §5), with κ = 1 on the sphere and κ = −1 in the Poincaré ball, p = 1 + κr,
+// r = ‖x‖², n = D − 1 chart coordinates at ws[ox..] and the sign σ at ws[ox + n] (1 in the
+// ball): the network sees y = σ(2x/p, 2/p − 1) — the stereographic point on S^n, the
+// hyperboloid point of H^n. With a = 2/p: (Jv)ᵢ = σ(a vᵢ − κa² xᵢ x·v), (Jv)_n = −σκa² x·v,
+// (Jᵀw)ⱼ = σ(a wⱼ − κa² xⱼ (x·w_head + w_n)); the metric is g = (4/p²)I (ν = g⁻¹ = p²/4),
+// ∂ν = κp·x and ∇(½Σ log g) = −2nκ·x/p.
 fn chart_r(ox: u32) -> f32 {
     var r = 0.0;
     for (var c = 0u; c < D - 1u; c++) { r += ws[ox + c] * ws[ox + c]; }
     return r;
 }
+
+fn kappa() -> f32 { return select(1.0, -1.0, BALL); }
 
 @compute @workgroup_size(ROWS_WG)
 fn rows_input_drawn(@builtin(global_invocation_id) gid: vec3<u32>) { input(gid.x, false, false); }
@@ -109,8 +137,8 @@ fn rows_step(@builtin(global_invocation_id) gid: vec3<u32>) {
         g2 += g * g;
         e0 += ws[O_X0 + i * D + c] * ws[O_PSI + i * D + c];
     }
-    if (SPHERE) {
-        sphere_step(i, e0);
+    if (SPHERE || BALL) {
+        chart_step(i, e0);
         return;
     }
     var eps = EPS0;
@@ -127,19 +155,20 @@ fn rows_step(@builtin(global_invocation_id) gid: vec3<u32>) {
     ws[O_E0 + i] = e0;
 }
 
-// The Riemannian step on the sphere (SPEC §5, s = ½) in the chart of x₀: with g = ∇_yE,
-// h = ½Jᵀg + 2n·x/(1+r), drift = −ν·h + (1+r)·x (ν = (1+r)²/4), εᵢ from ‖drift‖², ξ = √(2εᵢν)z,
-// Δx = εᵢ·drift + ξ. The network's input moves by Δy = y(x + Δx) − y(x), computed without
-// cancellation from Δr = 2x·Δx + ‖Δx‖²; the control variate's ∇ₓ(E∘y)·ξ = g·Jξ, so the ξ stream
-// holds Jξ.
-fn sphere_step(i: u32, e0: f32) {
+// The Riemannian step (SPEC §5, s = ½) in the chart of x₀: with g = ∇_yE,
+// h = ½Jᵀg + 2nκ·x/p, drift = −ν·h + κp·x, εᵢ from ‖drift‖², ξ = √(2εᵢν)z, Δx = εᵢ·drift + ξ.
+// The network's input moves by Δy = y(x + Δx) − y(x), computed without cancellation from
+// Δp = κ(2x·Δx + ‖Δx‖²); the control variate's ∇ₓ(E∘y)·ξ = g·Jξ, so the ξ stream holds Jξ.
+fn chart_step(i: u32, e0: f32) {
     let n = D - 1u;
+    let k = kappa();
     let ox = O_CH + i * D;
     let sg = ws[ox + n];
     let r = chart_r(ox);
-    let a = 2.0 / (1.0 + r);
-    let b = a * a;
-    let nu = 0.25 * (1.0 + r) * (1.0 + r);
+    let p = 1.0 + k * r;
+    let a = 2.0 / p;
+    let b = k * a * a;
+    let nu = 0.25 * p * p;
     var xg = 0.0; // x·g_head + g_n
     for (var c = 0u; c < n; c++) { xg += ws[ox + c] * ws[O_G + i * D + c]; }
     xg += ws[O_G + i * D + n];
@@ -147,7 +176,7 @@ fn sphere_step(i: u32, e0: f32) {
     for (var c = 0u; c < n; c++) {
         let x = ws[ox + c];
         let ge = sg * (a * ws[O_G + i * D + c] - b * x * xg);
-        let drift = -nu * (0.5 * ge + 2.0 * f32(n) * x / (1.0 + r)) + (1.0 + r) * x;
+        let drift = -nu * (0.5 * ge + 2.0 * f32(n) * k * x / p) + k * p * x;
         ws[O_DCH + i * D + c] = drift;
         d2 += drift * drift;
     }
@@ -167,16 +196,16 @@ fn sphere_step(i: u32, e0: f32) {
         dx2 += dx * dx;
         xxi += x * xi;
     }
-    let dr = 2.0 * xdx + dx2;
-    let k = 2.0 / ((1.0 + r) * (1.0 + r + dr));
+    let dp = k * (2.0 * xdx + dx2);
+    let q = 2.0 / (p * (p + dp));
     for (var c = 0u; c < n; c++) {
         let x = ws[ox + c];
-        let dy = sg * (2.0 * ws[O_DCH + i * D + c] / (1.0 + r + dr) - x * dr * k);
+        let dy = sg * (2.0 * ws[O_DCH + i * D + c] / (p + dp) - x * dp * q);
         ws[O_DX + i * D + c] = dy;
         ws[O_DXL + i * D + c] = dy;
         ws[O_XI + i * D + c] = sg * (a * ws[O_XI + i * D + c] - b * x * xxi);
     }
-    let dyn_ = -sg * dr * k;
+    let dyn_ = -sg * dp * q;
     ws[O_DX + i * D + n] = dyn_;
     ws[O_DXL + i * D + n] = dyn_;
     ws[O_XI + i * D + n] = -sg * b * xxi;
@@ -222,12 +251,13 @@ fn rows_adj(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c1 = ws[O_C1 + i];
     let live = select(0.0, 1.0, i < st.rows);
     let cv_w = select(0.0, live / (f32(st.total) * eps), CV);
-    if (SPHERE) {
+    if (SPHERE || BALL) {
         // v = J(x₀)·[−½εᵢν·c₁·J(x₁)ᵀ∇_yE(y₁)] + cv·Jξ: x₁ moves with g through the chart.
         let n = D - 1u;
+        let k = kappa();
         let ox = O_CH + i * D;
         let sg = ws[ox + n];
-        let r0 = chart_r(ox);
+        let p0 = 1.0 + k * chart_r(ox);
         var r1 = 0.0;
         var x1g = 0.0;
         for (var c = 0u; c < n; c++) {
@@ -236,22 +266,22 @@ fn rows_adj(@builtin(global_invocation_id) gid: vec3<u32>) {
             x1g += x1 * (ws[O_G + i * D + c] + ws[O_DG + i * D + c]);
         }
         x1g += ws[O_G + i * D + n] + ws[O_DG + i * D + n];
-        let a1 = 2.0 / (1.0 + r1);
-        let a0 = 2.0 / (1.0 + r0);
-        let w_scale = -0.5 * eps * 0.25 * (1.0 + r0) * (1.0 + r0) * c1;
+        let a1 = 2.0 / (1.0 + k * r1);
+        let a0 = 2.0 / p0;
+        let w_scale = -0.5 * eps * 0.25 * p0 * p0 * c1;
         // w = w_scale·J(x₁)ᵀg₁ (chart), then v = J(x₀)w; x₀·w first.
         var x0w = 0.0;
         for (var c = 0u; c < n; c++) {
             let x1 = ws[ox + c] + ws[O_DCH + i * D + c];
             let g1 = ws[O_G + i * D + c] + ws[O_DG + i * D + c];
-            let w = w_scale * sg * (a1 * g1 - a1 * a1 * x1 * x1g);
+            let w = w_scale * sg * (a1 * g1 - k * a1 * a1 * x1 * x1g);
             ws[O_V + i * D + c] = w;
             x0w += ws[ox + c] * w;
         }
         for (var c = 0u; c < D; c++) {
             let e = i * D + c;
-            var v = -sg * a0 * a0 * x0w;
-            if (c < n) { v = sg * (a0 * ws[O_V + e] - a0 * a0 * ws[ox + c] * x0w); }
+            var v = -sg * k * a0 * a0 * x0w;
+            if (c < n) { v = sg * (a0 * ws[O_V + e] - k * a0 * a0 * ws[ox + c] * x0w); }
             v += cv_w * ws[O_XI + e];
             let c1dx = c1 * ws[O_DX + e];
             ws[O_V + e] = v;

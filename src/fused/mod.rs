@@ -56,9 +56,10 @@
 //! | update_train      | chunks added, chain rule through σ, gradient kept, optimiser    |
 //! |   / update_grad   | (evaluating: no optimiser)                                      |
 //!
-//! On the sphere (`Config::manifold`), the data rows are chart forms (x, σ); `rows_input`
-//! hands the network y(x), and only the per-sample kernels above change: the layer sweeps see
-//! y₀, Δy and v as they see x₀, Δx and v in R^d.
+//! On the sphere (`Config::manifold`) the data rows are chart forms (x, σ), in the Poincaré
+//! ball the ball points (one column fewer than the network, which sees the hyperboloid point);
+//! `rows_input` hands the network y(x), and only the per-sample kernels above change: the
+//! layer sweeps see y₀, Δy and v as they see x₀, Δx and v in R^d.
 //!
 //! The tape path (`objective::estimate`) computes the same loss and gradient; the tests hold
 //! both to each other and to the f64 reference.
@@ -112,14 +113,11 @@ pub fn unsupported(
     if cfg.mh_diagnostic {
         return Some("the Metropolis–Hastings diagnostic is computed on the tape path only".into());
     }
-    if cfg.manifold == crate::manifold::Manifold::Hyperbolic {
-        return Some(
-            "the fused path implements R^d and the sphere; Riemannian MVL on hyperbolic space runs on the tape"
-                .into(),
-        );
-    }
-    if cfg.manifold == crate::manifold::Manifold::Sphere && arch.dim < 2 {
-        return Some("a sphere model needs at least 2 inputs".into());
+    if cfg.manifold != crate::manifold::Manifold::Euclidean && arch.dim < 2 {
+        return Some(format!(
+            "a model on the {} needs at least 2 inputs",
+            cfg.manifold.name()
+        ));
     }
     None
 }
@@ -191,6 +189,9 @@ pub struct FusedMvl<'g> {
     theta: Tensor,
     s1: Tensor,
     s2: Tensor,
+    /// Columns of a data row: the network's width, one fewer in the Poincaré ball (the network
+    /// sees the hyperboloid point).
+    data_width: usize,
 }
 
 /// Data (and optionally a fixed noise draw, one row per data row) bound for a fused step.
@@ -363,6 +364,7 @@ impl<'g> FusedMvl<'g> {
             opt_code: opt.map_or(0, |o| o.rule.kernel_args(0.0, 1).0),
             subgroup: gpu.subgroup_core(),
             sphere: cfg.manifold == crate::manifold::Manifold::Sphere,
+            ball: cfg.manifold == crate::manifold::Manifold::Hyperbolic,
         };
         let layout = gpu.custom_layout(&[true, false, false, false, false, false, true]);
         let mut built = Built::default();
@@ -370,7 +372,9 @@ impl<'g> FusedMvl<'g> {
         let eval = built.launches(gpu, &layout, &plan.kernels(&spec, Mode::Eval))?;
         let eval_given_noise =
             built.launches(gpu, &layout, &plan.kernels(&spec, Mode::EvalGivenNoise))?;
+        let data_width = if spec.ball { plan.d - 1 } else { plan.d };
         let fused = FusedMvl {
+            data_width,
             gpu,
             plan,
             batch,
@@ -413,10 +417,10 @@ impl<'g> FusedMvl<'g> {
     /// Bind data (n, d) to run on, with an optional fixed noise draw of the same shape.
     pub fn bind(&self, data: &Tensor, noise: Option<&Tensor>) -> Result<FusedData> {
         let (n, d) = data.shape();
-        if d != self.plan.d {
+        if d != self.data_width {
             return Err(Error::Shape(format!(
-                "the model takes {} columns, the data has {d}",
-                self.plan.d
+                "the model takes data of {} columns, the data has {d}",
+                self.data_width
             )));
         }
         if n == 0 {

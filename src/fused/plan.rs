@@ -154,6 +154,8 @@ pub struct Specialise {
     pub subgroup: Option<usize>,
     /// Data on the sphere S^(D−1) in chart form: the Riemannian step of SPEC §5.
     pub sphere: bool,
+    /// Data in the Poincaré ball of R^(D−1) (H^(D−1)); the network sees the hyperboloid point.
+    pub ball: bool,
 }
 
 struct Alloc(usize);
@@ -356,6 +358,7 @@ impl Plan {
             ("CV", s.control_variate as u8 as f64),
             ("REG", s.energy_reg as f64),
             ("SPHERE", s.sphere as u8 as f64),
+            ("BALL", s.ball as u8 as f64),
         ]
     }
 
