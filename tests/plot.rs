@@ -632,3 +632,72 @@ fn data_figure_shows_a_histogram_of_the_data_next_to_the_model() {
     let g = data_grid(&one).unwrap();
     assert!(g.xmin < 5.0 && g.xmax > 5.0 && g.ymin < -1.0 && g.ymax > -1.0);
 }
+
+#[test]
+fn line_panels_draw_curves_bands_and_log_axes() {
+    use wmvl::plot::lines::{render_line_panels, LinePanel, Scale, Series, PALETTE};
+    let x: Vec<f64> = (0..20)
+        .map(|i| 10f64.powf(-5.0 + 4.0 * i as f64 / 19.0))
+        .collect();
+    let y: Vec<f64> = x.iter().map(|v| 1.0 / v).collect();
+    let band = (
+        y.iter().map(|v| v * 0.5).collect(),
+        y.iter().map(|v| v * 2.0).collect(),
+    );
+    let panel = LinePanel {
+        title: "variance".into(),
+        x_label: "eps".into(),
+        y_label: "var".into(),
+        x_scale: Scale::Log,
+        y_scale: Scale::Log,
+        equal_aspect: false,
+        series: vec![
+            Series {
+                label: "1/eps".into(),
+                x: x.clone(),
+                y: y.clone(),
+                band: Some(band),
+            },
+            Series {
+                label: "flat".into(),
+                x: x.clone(),
+                y: vec![1.0; 20],
+                band: None,
+            },
+        ],
+    };
+    let fig = render_line_panels(std::slice::from_ref(&panel), "caption").unwrap();
+    let p = fig.plots[0];
+    let count = |c: [u8; 3]| {
+        let mut k = 0;
+        for yy in p.y..p.y + p.h {
+            for xx in p.x..p.x + p.w {
+                if fig.pixel(xx, yy) == Some(c) {
+                    k += 1;
+                }
+            }
+        }
+        k
+    };
+    // Both curves are drawn in their colours, and the band's tint is there too.
+    assert!(count(PALETTE[0]) > 100, "first series drawn");
+    assert!(count(PALETTE[1]) > 100, "second series drawn");
+    let tint = PALETTE[0].map(|v| (255 - (255 - v as u32) * 30 / 100) as u8);
+    assert!(count(tint) > 1000, "band drawn");
+    // On log–log axes 1/ε is a straight line falling from the top left: its colour is found
+    // near the top of the left edge and the bottom of the right edge.
+    let col_has = |xx: u32, rows: std::ops::Range<u32>| {
+        rows.into_iter()
+            .any(|yy| fig.pixel(xx, yy) == Some(PALETTE[0]))
+    };
+    assert!(col_has(p.x + 20, p.y..p.y + p.h / 3));
+    assert!(col_has(p.x + p.w - 20, p.y + 2 * p.h / 3..p.y + p.h));
+    // A log axis refuses values ≤ 0, naming the series.
+    let mut bad = panel;
+    bad.series[1].y[3] = 0.0;
+    let e = render_line_panels(&[bad], "").unwrap_err();
+    assert!(
+        e.to_string().contains("flat") && e.to_string().contains("log axis"),
+        "{e}"
+    );
+}
