@@ -236,17 +236,18 @@ pub fn render_line_panels(panels: &[LinePanel], caption: &str) -> Result<Figure>
                 let (x0, _) = to_px(s.x[j - 1], lo[j - 1]);
                 let (x1, _) = to_px(s.x[j], lo[j]);
                 let (a, b) = (x0.min(x1).round() as i64, x0.max(x1).round() as i64);
+                // Interpolate in pixel space (linear in log units on a log axis).
+                let (ya_lo, yb_lo) = (to_px(s.x[j - 1], lo[j - 1]).1, to_px(s.x[j], lo[j]).1);
+                let (ya_hi, yb_hi) = (to_px(s.x[j - 1], hi[j - 1]).1, to_px(s.x[j], hi[j]).1);
                 for px in a..=b {
                     let t = if b > a {
                         (px - a) as f64 / (b - a) as f64
                     } else {
                         0.0
                     };
-                    let (t0, t1) = if x0 <= x1 { (1.0 - t, t) } else { (t, 1.0 - t) };
-                    let l = lo[j - 1] * t0 + lo[j] * t1;
-                    let h = hi[j - 1] * t0 + hi[j] * t1;
-                    let (_, yl) = to_px(s.x[j - 1], l);
-                    let (_, yh) = to_px(s.x[j - 1], h);
+                    let t = if x0 <= x1 { t } else { 1.0 - t };
+                    let yl = ya_lo + t * (yb_lo - ya_lo);
+                    let yh = ya_hi + t * (yb_hi - ya_hi);
                     let (top, bot) = (yl.min(yh).round() as i64, yl.max(yh).round() as i64);
                     let top = top.max(plot.y as i64);
                     let bot = bot.min((plot.y + PLOT_H - 1) as i64);
