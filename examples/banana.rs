@@ -5,7 +5,11 @@
 //!
 //! cargo run --release --example banana -- [--steps 400] [--seed 0] [--out-dir wmvl-out/banana]
 
+mod common;
+
 use std::path::PathBuf;
+
+use common::arg;
 use std::time::Instant;
 
 use wmvl::app::{density_figure, fisher_to_truth, save_model};
@@ -14,16 +18,6 @@ use wmvl::gpu::Gpu;
 use wmvl::model::{Arch, HostParams, Init, Model};
 use wmvl::objective::Objective;
 use wmvl::train::{TrainConfig, Trainer};
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T, String> {
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{name} needs a value")),
-        None => Ok(default),
-    }
-}
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

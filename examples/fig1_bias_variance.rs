@@ -11,7 +11,11 @@
 //! to the smallest ε while staying within 2× with it, and the fused MVL mean at 6e-5 passes
 //! the z-test (p > 0.05).
 
+mod common;
+
 use std::path::PathBuf;
+
+use common::{arg, Res};
 
 use wmvl::data::Toy;
 use wmvl::fused::FusedMvl;
@@ -20,16 +24,6 @@ use wmvl::model::{Arch, HostParams, Init, Model};
 use wmvl::objective::{Config, Objective};
 use wmvl::plot::lines::{line_panels, LinePanel, Scale, Series};
 use wmvl::train::{evaluate, evaluate_fused, TrainConfig, Trainer};
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T, String> {
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{name} needs a value")),
-        None => Ok(default),
-    }
-}
 
 /// Two-sided p-value of a standard normal z (Abramowitz–Stegun 7.1.26 for erfc).
 fn p_value(z: f64) -> f64 {
@@ -41,7 +35,7 @@ fn p_value(z: f64) -> f64 {
     (poly * (-x * x).exp()).clamp(0.0, 1.0)
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
+fn run() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let seed: u64 = arg(&args, "--seed", 0)?;
@@ -269,11 +263,5 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("fig1_bias_variance: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::main_of("fig1_bias_variance", run)
 }

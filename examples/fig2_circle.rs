@@ -9,29 +9,18 @@
 //! unless the L2 error of the centred log density is below 0.3 (the claim: the learned density
 //! matches the truth up to a constant).
 
+mod common;
+
 use std::path::PathBuf;
-use std::time::Instant;
+
+use common::{arg, Res};
 
 use wmvl::directional::Directional;
 use wmvl::gpu::Gpu;
-use wmvl::manifold::Manifold;
-use wmvl::model::{Arch, EnergyKind, HostParams, Init, Model};
-use wmvl::objective::Config;
-use wmvl::ops::Fun;
 use wmvl::plot::lines::{line_panels, LinePanel, Scale, Series};
-use wmvl::train::{energy_and_score, Event, TrainConfig, Trainer};
+use wmvl::train::energy_and_score;
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T, String> {
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{name} needs a value")),
-        None => Ok(default),
-    }
-}
-
-fn run() -> Result<(), Box<dyn std::error::Error>> {
+fn run() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let seed: u64 = arg(&args, "--seed", 0)?;
@@ -47,56 +36,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let r = gpu.report();
     println!("adapter: {} ({}, {})", r.name, r.backend, r.device_type);
     let truth = Directional::from_name("s1mix")?;
-    let data = truth.sample_matrix(n, seed);
-    let form: Vec<f32> = (0..data.rows)
-        .flat_map(|i| {
-            let y: Vec<f64> = data.row(i).iter().map(|&v| v as f64).collect();
-            Manifold::Sphere
-                .to_chart(&y)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|v| v as f32)
-        })
-        .collect();
-    let x = gpu.upload(n, 2, &form)?;
-    let arch = Arch {
-        kind: EnergyKind::ScoreNet,
-        dim: 2,
-        hidden: vec![100, 100],
-        act: Fun::Tanh,
-        spectral_norm: false,
-    };
-    let hp = HostParams::init(&arch, Init::Glorot, seed)?;
-    let model = Model::from_host(arch, &hp, |r, c, d| gpu.upload(r, c, d))?;
-    let cfg = TrainConfig {
-        steps,
-        batch,
-        lr: 3e-3,
-        seed,
-        log_every: steps / 10,
-        obj: Config {
-            eps,
-            manifold: Manifold::Sphere,
-            ..Config::default()
-        },
-        ..Default::default()
-    };
-    let mut tr = Trainer::new(&gpu, model, x, None, cfg)?;
-    println!(
-        "Riemannian MVL on the S¹ mixture: {n} samples, batch {batch}, ε₀ = {eps:e}, {steps} steps ({})",
-        if tr.is_fused() { "fused" } else { "tape" }
-    );
-    let t = Instant::now();
-    tr.run_with(
-        &mut |ev, _| {
-            if let Event::Log { progress, .. } = ev {
-                println!("  {}", progress.line());
-            }
-            Ok(())
-        },
-        None,
-    )?;
-    let train_s = t.elapsed().as_secs_f64();
+    let (mut model, train_s) = common::train_on_sphere(&gpu, &truth, n, batch, steps, eps, seed)?;
 
     // The learned and true log densities on 720 angles, normalised on the circle.
     let k = 720;
@@ -107,7 +47,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .flat_map(|t| [t.cos() as f32, t.sin() as f32])
         .collect();
-    let (e, _) = energy_and_score(&gpu, &mut tr.model, &gpu.upload(k, 2, &pts)?, 4096)?;
+    let (e, _) = energy_and_score(&gpu, &mut model, &gpu.upload(k, 2, &pts)?, 4096)?;
     let dtheta = std::f64::consts::TAU / k as f64;
     let normalise = |l: Vec<f64>| {
         let m = l.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -128,27 +68,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         / k as f64)
         .sqrt();
 
-    // Riemannian Fisher divergence ½E_p‖grad log p − grad log q‖² on fresh samples.
-    let fresh = truth.sample_matrix(5_000, seed + 1);
-    let (_, sq) = energy_and_score(
-        &gpu,
-        &mut tr.model,
-        &gpu.upload(fresh.rows, 2, &fresh.data)?,
-        4096,
-    )?;
-    let mut fisher = 0.0;
-    for i in 0..fresh.rows {
-        let y: Vec<f64> = fresh.row(i).iter().map(|&v| v as f64).collect();
-        let s_model: Vec<f64> = sq[2 * i..2 * i + 2].iter().map(|&v| v as f64).collect();
-        let gq = Manifold::Sphere.riemannian_score(&y, &s_model);
-        let gp = truth.riemannian_score(&y)?;
-        fisher += 0.5
-            * gp.iter()
-                .zip(&gq)
-                .map(|(a, b)| (a - b).powi(2))
-                .sum::<f64>();
-    }
-    fisher /= fresh.rows as f64;
+    let fisher = common::riemannian_fisher(&gpu, &mut model, &truth, 5_000, seed + 1)?;
 
     // Polar panel: radius 1 + density·scale; and log densities against the angle.
     let pmax = logp
@@ -245,11 +165,5 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("fig2_circle: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::main_of("fig2_circle", run)
 }

@@ -8,7 +8,11 @@
 //! ε ∈ {1e-2, 1e-3}; it fails unless CD-1 with the control variate at ε = 1e-3 ends within 10 %
 //! of the SSM-trained model's loss.
 
+mod common;
+
 use std::path::PathBuf;
+
+use common::{arg, Res};
 
 use wmvl::data::Toy;
 use wmvl::gpu::Gpu;
@@ -17,17 +21,7 @@ use wmvl::objective::{Config, Objective};
 use wmvl::plot::lines::{line_panels, LinePanel, Scale, Series};
 use wmvl::train::{evaluate, TrainConfig, Trainer};
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T, String> {
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{name} needs a value")),
-        None => Ok(default),
-    }
-}
-
-fn run() -> Result<(), Box<dyn std::error::Error>> {
+fn run() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let seed: u64 = arg(&args, "--seed", 0)?;
@@ -155,11 +149,5 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("fig3_cd1: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::main_of("fig3_cd1", run)
 }

@@ -9,28 +9,17 @@
 //! the centred log density is below 0.5 (the claim: the learned density matches the truth up
 //! to a constant).
 
+mod common;
+
 use std::f64::consts::{PI, SQRT_2};
 use std::path::PathBuf;
-use std::time::Instant;
+
+use common::{arg, Res};
 
 use wmvl::directional::Directional;
 use wmvl::gpu::Gpu;
-use wmvl::manifold::Manifold;
-use wmvl::model::{Arch, EnergyKind, HostParams, Init, Model};
-use wmvl::objective::Config;
-use wmvl::ops::Fun;
 use wmvl::plot::{density_panels, Grid, Heatmap};
-use wmvl::train::{energy_and_score, Event, TrainConfig, Trainer};
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T, String> {
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{name} needs a value")),
-        None => Ok(default),
-    }
-}
+use wmvl::train::energy_and_score;
 
 /// The point of S² at Mollweide map coordinates (x, y) ∈ [−2√2, 2√2] × [−√2, √2], or None
 /// outside the map's ellipse (inverse Mollweide projection).
@@ -49,7 +38,7 @@ fn mollweide_inverse(x: f64, y: f64) -> Option<[f64; 3]> {
     Some([lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()])
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
+fn run() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let seed: u64 = arg(&args, "--seed", 0)?;
@@ -65,56 +54,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let r = gpu.report();
     println!("adapter: {} ({}, {})", r.name, r.backend, r.device_type);
     let truth = Directional::from_name("s2mix")?;
-    let data = truth.sample_matrix(n, seed);
-    let form: Vec<f32> = (0..data.rows)
-        .flat_map(|i| {
-            let y: Vec<f64> = data.row(i).iter().map(|&v| v as f64).collect();
-            Manifold::Sphere
-                .to_chart(&y)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|v| v as f32)
-        })
-        .collect();
-    let x = gpu.upload(n, 3, &form)?;
-    let arch = Arch {
-        kind: EnergyKind::ScoreNet,
-        dim: 3,
-        hidden: vec![100, 100],
-        act: Fun::Tanh,
-        spectral_norm: false,
-    };
-    let hp = HostParams::init(&arch, Init::Glorot, seed)?;
-    let model = Model::from_host(arch, &hp, |r, c, d| gpu.upload(r, c, d))?;
-    let cfg = TrainConfig {
-        steps,
-        batch,
-        lr: 3e-3,
-        seed,
-        log_every: steps / 10,
-        obj: Config {
-            eps,
-            manifold: Manifold::Sphere,
-            ..Config::default()
-        },
-        ..Default::default()
-    };
-    let mut tr = Trainer::new(&gpu, model, x, None, cfg)?;
-    println!(
-        "Riemannian MVL on the S² mixture: {n} samples, batch {batch}, ε₀ = {eps:e}, {steps} steps ({})",
-        if tr.is_fused() { "fused" } else { "tape" }
-    );
-    let t = Instant::now();
-    tr.run_with(
-        &mut |ev, _| {
-            if let Event::Log { progress, .. } = ev {
-                println!("  {}", progress.line());
-            }
-            Ok(())
-        },
-        None,
-    )?;
-    let train_s = t.elapsed().as_secs_f64();
+    let (mut model, train_s) = common::train_on_sphere(&gpu, &truth, n, batch, steps, eps, seed)?;
 
     // The map: a Mollweide grid; cells outside the ellipse show the panel's minimum.
     let grid = Grid::new(-2.0 * SQRT_2, 2.0 * SQRT_2, -SQRT_2, SQRT_2, 240, 120)?;
@@ -125,12 +65,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let inside: Vec<[f64; 3]> = cells.iter().flatten().copied().collect();
     let pts: Vec<f32> = inside.iter().flat_map(|y| y.map(|v| v as f32)).collect();
-    let (e, _) = energy_and_score(
-        &gpu,
-        &mut tr.model,
-        &gpu.upload(inside.len(), 3, &pts)?,
-        4096,
-    )?;
+    let (e, _) = energy_and_score(&gpu, &mut model, &gpu.upload(inside.len(), 3, &pts)?, 4096)?;
     let logq: Vec<f64> = e.iter().map(|&v| -(v as f64)).collect();
     let logp: Vec<f64> = inside
         .iter()
@@ -148,27 +83,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         / m)
         .sqrt();
 
-    // Riemannian Fisher divergence on fresh samples.
-    let fresh = truth.sample_matrix(5_000, seed + 1);
-    let (_, sq) = energy_and_score(
-        &gpu,
-        &mut tr.model,
-        &gpu.upload(fresh.rows, 3, &fresh.data)?,
-        4096,
-    )?;
-    let mut fisher = 0.0;
-    for i in 0..fresh.rows {
-        let y: Vec<f64> = fresh.row(i).iter().map(|&v| v as f64).collect();
-        let s_model: Vec<f64> = sq[3 * i..3 * i + 3].iter().map(|&v| v as f64).collect();
-        let gq = Manifold::Sphere.riemannian_score(&y, &s_model);
-        let gp = truth.riemannian_score(&y)?;
-        fisher += 0.5
-            * gp.iter()
-                .zip(&gq)
-                .map(|(a, b)| (a - b).powi(2))
-                .sum::<f64>();
-    }
-    fisher /= fresh.rows as f64;
+    let fisher = common::riemannian_fisher(&gpu, &mut model, &truth, 5_000, seed + 1)?;
 
     let fill = |vals: &[f64]| -> Vec<f64> {
         let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
@@ -203,11 +118,5 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("fig4_sphere: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::main_of("fig4_sphere", run)
 }
