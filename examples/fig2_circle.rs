@@ -26,17 +26,23 @@ fn run() -> Res<()> {
     let seed: u64 = arg(&args, "--seed", 0)?;
     let out_dir: PathBuf = arg(&args, "--out-dir", PathBuf::from("wmvl-out/fig2"))?;
     std::fs::create_dir_all(&out_dir)?;
-    let (n, batch, steps, eps) = if quick {
-        (2_000, 500, 600, 1e-3f32)
-    } else {
-        (50_000, 50_000, 3_000, 1e-5)
-    };
+    let run = common::SphereRun::from_args(
+        &args,
+        common::SphereRun {
+            n: 2_000,
+            batch: 500,
+            steps: 600,
+            eps: 1e-3,
+            lr: 3e-3,
+        },
+    )?;
+    let (n, eps) = (run.n, run.eps);
 
     let gpu = Gpu::new()?;
     let r = gpu.report();
     println!("adapter: {} ({}, {})", r.name, r.backend, r.device_type);
     let truth = Directional::from_name("s1mix")?;
-    let (mut model, train_s) = common::train_on_sphere(&gpu, &truth, n, batch, steps, eps, seed)?;
+    let (mut model, train_s) = common::train_on_sphere(&gpu, &truth, run, seed)?;
 
     // The learned and true log densities on 720 angles, normalised on the circle.
     let k = 720;

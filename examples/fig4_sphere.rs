@@ -44,17 +44,23 @@ fn run() -> Res<()> {
     let seed: u64 = arg(&args, "--seed", 0)?;
     let out_dir: PathBuf = arg(&args, "--out-dir", PathBuf::from("wmvl-out/fig4"))?;
     std::fs::create_dir_all(&out_dir)?;
-    let (n, batch, steps, eps) = if quick {
-        (3_000, 500, 800, 1e-3f32)
-    } else {
-        (50_000, 50_000, 3_000, 1e-5)
-    };
+    let run = common::SphereRun::from_args(
+        &args,
+        common::SphereRun {
+            n: 3_000,
+            batch: 500,
+            steps: 800,
+            eps: 1e-3,
+            lr: 3e-3,
+        },
+    )?;
+    let (n, eps) = (run.n, run.eps);
 
     let gpu = Gpu::new()?;
     let r = gpu.report();
     println!("adapter: {} ({}, {})", r.name, r.backend, r.device_type);
     let truth = Directional::from_name("s2mix")?;
-    let (mut model, train_s) = common::train_on_sphere(&gpu, &truth, n, batch, steps, eps, seed)?;
+    let (mut model, train_s) = common::train_on_sphere(&gpu, &truth, run, seed)?;
 
     // The map: a Mollweide grid; cells outside the ellipse show the panel's minimum.
     let grid = Grid::new(-2.0 * SQRT_2, 2.0 * SQRT_2, -SQRT_2, SQRT_2, 240, 120)?;

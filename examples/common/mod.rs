@@ -36,18 +36,67 @@ pub fn main_of(name: &str, run: fn() -> Res<()>) -> std::process::ExitCode {
     }
 }
 
-/// Riemannian MVL (SPEC §5) on `n` samples of `truth` (a sphere data set): the paper's sphere
-/// model (score-net, 2 × 100 tanh, no spectral norm), with progress lines. Returns the model
-/// and the training time in seconds.
+/// The sizes of a sphere figure's training run: `full` is the paper's setting (SPEC §9: 50 000
+/// samples in full batch, ε₀ = 1e-5, RMSProp lr 5e-4, 3 000 iterations), `quick` the CI one;
+/// `--n`, `--batch`, `--steps`, `--eps` and `--lr` override either.
+#[derive(Clone, Copy, Debug)]
+pub struct SphereRun {
+    pub n: usize,
+    pub batch: usize,
+    pub steps: usize,
+    pub eps: f32,
+    pub lr: f32,
+}
+
+impl SphereRun {
+    pub fn from_args(args: &[String], quick: SphereRun) -> Res<SphereRun> {
+        let full = SphereRun {
+            n: 50_000,
+            batch: 50_000,
+            steps: 3_000,
+            eps: 1e-5,
+            lr: 5e-4,
+        };
+        let d = if args.iter().any(|a| a == "--quick") {
+            quick
+        } else {
+            full
+        };
+        let n = arg(args, "--n", d.n)?;
+        let run = SphereRun {
+            n,
+            batch: arg(args, "--batch", d.batch.min(n))?,
+            steps: arg(args, "--steps", d.steps)?,
+            eps: arg(args, "--eps", d.eps)?,
+            lr: arg(args, "--lr", d.lr)?,
+        };
+        if run.batch == 0 || run.batch > run.n || run.steps == 0 {
+            return Err(format!(
+                "need 0 < --batch ≤ --n and --steps > 0 (got batch {}, n {}, steps {})",
+                run.batch, run.n, run.steps
+            )
+            .into());
+        }
+        Ok(run)
+    }
+}
+
+/// Riemannian MVL (SPEC §5) on `run.n` samples of `truth` (a sphere data set): the paper's
+/// sphere model (score-net, 2 × 100 tanh, no spectral norm), with progress lines (rate and
+/// time left). Returns the model and the training time in seconds.
 pub fn train_on_sphere<'g>(
     gpu: &'g Gpu,
     truth: &Directional,
-    n: usize,
-    batch: usize,
-    steps: usize,
-    eps: f32,
+    run: SphereRun,
     seed: u64,
 ) -> Res<(Model<&'g Gpu>, f64)> {
+    let SphereRun {
+        n,
+        batch,
+        steps,
+        eps,
+        lr,
+    } = run;
     let data = truth.sample_matrix(n, seed);
     let d = data.cols;
     let mut form = Vec::with_capacity(n * d);
@@ -68,9 +117,9 @@ pub fn train_on_sphere<'g>(
     let cfg = TrainConfig {
         steps,
         batch,
-        lr: 3e-3,
+        lr,
         seed,
-        log_every: (steps / 10).max(1),
+        log_every: (steps / 50).max(1),
         obj: Config {
             eps,
             manifold: Manifold::Sphere,
@@ -80,7 +129,7 @@ pub fn train_on_sphere<'g>(
     };
     let mut tr = Trainer::new(gpu, model, x, None, cfg)?;
     println!(
-        "Riemannian MVL on {}: {n} samples, batch {batch}, ε₀ = {eps:e}, {steps} steps ({})",
+        "Riemannian MVL on {}: {n} samples, batch {batch}, ε₀ = {eps:e}, lr {lr:e}, {steps} steps ({})",
         truth.name(),
         if tr.is_fused() { "fused" } else { "tape" }
     );
