@@ -30,6 +30,7 @@ pub mod fused;
 pub mod gpu;
 pub mod langevin;
 pub mod manifold;
+pub mod mnist;
 pub mod model;
 pub mod objective;
 pub mod ops;
