@@ -117,6 +117,12 @@ pub fn log_sphere_area(p: usize) -> f64 {
 ///
 /// Accurate to about 1e-14 relative in I (checked against mpmath in tests/directional.rs).
 pub fn log_bessel_i(nu: f64, x: f64) -> Result<f64> {
+    check_bessel_args(nu, x)?;
+    Ok(ln_bessel_i(nu, x))
+}
+
+/// The argument checks of [`log_bessel_i`] and [`log_bessel_i_scaled`].
+fn check_bessel_args(nu: f64, x: f64) -> Result<()> {
     if !(nu.is_finite() && nu >= 0.0) {
         return Err(Error::Invalid(format!(
             "log_bessel_i: the order must be finite and >= 0, got {nu}"
@@ -127,7 +133,7 @@ pub fn log_bessel_i(nu: f64, x: f64) -> Result<f64> {
             "log_bessel_i: the argument must be finite and >= 0, got {x}"
         )));
     }
-    Ok(ln_bessel_i(nu, x))
+    Ok(())
 }
 
 /// [`log_bessel_i`] without the argument checks (ν ≥ 0, x ≥ 0 finite).
@@ -148,6 +154,13 @@ fn ln_bessel_i(nu: f64, x: f64) -> f64 {
 
 /// Hankel's large-argument expansion of ln I_ν(x); `None` if it does not converge to 1e-17.
 fn ln_bessel_i_hankel(nu: f64, x: f64) -> Option<f64> {
+    let sum = hankel_sum(nu, x)?;
+    Some(x - 0.5 * (std::f64::consts::TAU.ln() + x.ln()) + sum.ln())
+}
+
+/// Σₖ (−1)ᵏ aₖ(ν)/xᵏ of Hankel's expansion I_ν(x) ≈ eˣ/√(2πx)·Σ (see [`log_bessel_i`]);
+/// `None` if it does not converge to 1e-17.
+fn hankel_sum(nu: f64, x: f64) -> Option<f64> {
     let mu = 4.0 * nu * nu;
     let (mut term, mut sum) = (1.0f64, 1.0f64);
     for k in 1..200 {
@@ -165,7 +178,33 @@ fn ln_bessel_i_hankel(nu: f64, x: f64) -> Option<f64> {
     if term.abs() > 1e-17 * sum.abs() || sum <= 0.0 {
         return None;
     }
-    Some(x - 0.5 * (std::f64::consts::TAU.ln() + x.ln()) + sum.ln())
+    Some(sum)
+}
+
+/// ln(e^(−x) I_ν(x)) = ln I_ν(x) − x, the exponentially scaled log Bessel function, for
+/// real ν ≥ 0 and x ≥ 0 (same methods and checks as [`log_bessel_i`]).
+///
+/// Why a second function: for large x, ln I_ν(x) ≈ x, so it carries an absolute rounding
+/// error of about x·1e-16 (1e-12 at x = 1e4), and differences such as
+/// ln I_(ν+1) − ln I_ν (the log of the mean resultant length) lose that much. Here the eˣ
+/// factor of Hankel's expansion is never added, so for x ≥ 30 the result is
+/// −½ ln(2πx) + ln Σ, good to about 1e-16 absolute, and differences of two orders keep
+/// their digits (what [`crate::vmf::kl_to_uniform_host`] needs at κ = 1e4). ν = ½ uses
+/// the closed form, scaled: ½ ln(2/(πx)) + ln(1 − e^(−2x)) − ln 2.
+pub fn log_bessel_i_scaled(nu: f64, x: f64) -> Result<f64> {
+    check_bessel_args(nu, x)?;
+    if x == 0.0 {
+        return Ok(ln_bessel_i(nu, x));
+    }
+    if nu == 0.5 {
+        return Ok(0.5 * ((2.0 / PI).ln() - x.ln()) + (-(-2.0 * x).exp_m1()).ln() - LN_2);
+    }
+    if x >= 30.0 {
+        if let Some(sum) = hankel_sum(nu, x) {
+            return Ok(sum.ln() - 0.5 * (std::f64::consts::TAU.ln() + x.ln()));
+        }
+    }
+    Ok(ln_bessel_i_series(nu, x) - x)
 }
 
 /// Power series of ln I_ν(x), all terms positive, rescaled as it grows.
@@ -217,6 +256,73 @@ fn mrl(p: usize, kappa: f64) -> f64 {
     (ln_bessel_i(nu + 1.0, kappa) - ln_bessel_i(nu, kappa)).exp()
 }
 
+/// A_p′(κ) = dA_p/dκ = 1 − A² − (p − 1)A/κ, which is also Var(μ·y) under the vMF
+/// (Mardia & Jupp 2000, §9.3.2). 1/p at κ = 0, → (p − 1)/(2κ²) for large κ. Needs p ≥ 2,
+/// κ ≥ 0 finite.
+///
+/// For large κ the formula is a difference of two terms ≈ (p − 1)/κ whose result is
+/// ≈ (p − 1)/(2κ²): it would lose log₁₀ κ digits of A. So for κ ≥ 30, where Hankel's
+/// expansion I_ν(κ) ≈ e^κ/√(2πκ)·S_ν converges for both orders ν = p/2 − 1 and ν + 1, it is
+/// evaluated as A′ = 2N/S_ν − δ² + (p − 1)δ/κ, with δ = 1 − A = (S_ν − S_(ν+1))/S_ν and
+/// N = S_ν − S_(ν+1) − (p − 1)/(2κ)·S_ν, both numerators summed term by term: the O(1)
+/// terms of S_ν − S_(ν+1) and the O(1/κ) terms of N cancel exactly
+/// (a₁(ν+1) − a₁(ν) = ν + ½) and are left out, so no digits are lost. Otherwise
+/// (κ < 30, or large p) the formula with A = exp(ln Î_(ν+1) − ln Î_ν) of
+/// [`log_bessel_i_scaled`] is used; there κ²·1e-16 is small.
+pub fn mean_resultant_length_derivative(p: usize, kappa: f64) -> Result<f64> {
+    check_ambient(p)?;
+    check_kappa(kappa)?;
+    if kappa == 0.0 {
+        return Ok(1.0 / p as f64);
+    }
+    let nu = 0.5 * p as f64 - 1.0;
+    if kappa >= 30.0 {
+        if let Some(d) = mrl_derivative_hankel(nu, kappa) {
+            return Ok(d);
+        }
+    }
+    let scaled = |nu: f64| log_bessel_i_scaled(nu, kappa);
+    let ln_a = scaled(nu + 1.0)? - scaled(nu)?;
+    let (a, one_minus_a) = (ln_a.exp(), -ln_a.exp_m1());
+    Ok(one_minus_a * (2.0 - one_minus_a) - (p - 1) as f64 * a / kappa)
+}
+
+/// A′ for large x from Hankel's sums (see [`mean_resultant_length_derivative`]); `None`
+/// unless both expansions converge to 1e-17 as in [`hankel_sum`].
+fn mrl_derivative_hankel(nu: f64, x: f64) -> Option<f64> {
+    let (mu0, mu1) = (4.0 * nu * nu, 4.0 * (nu + 1.0) * (nu + 1.0));
+    let c = (nu + 0.5) / x; // (p − 1)/(2x)
+                            // tᵢ: the current terms (−1)ᵏ aₖ/xᵏ of S_ν and S_(ν+1); s: the sums; d = S_ν − S_(ν+1)
+                            // and n = N without their (exactly cancelling) leading terms.
+    let (mut t0, mut t1) = (1.0f64, 1.0f64);
+    let (mut s0, mut s1, mut d, mut n) = (1.0f64, 1.0f64, 0.0f64, 0.0f64);
+    let mut converged = false;
+    for k in 1..200 {
+        let odd = (2 * k - 1) as f64;
+        let next0 = -t0 * (mu0 - odd * odd) / (8.0 * k as f64 * x);
+        let next1 = -t1 * (mu1 - odd * odd) / (8.0 * k as f64 * x);
+        if next0.abs() > t0.abs() || next1.abs() > t1.abs() {
+            return None;
+        }
+        d += next0 - next1;
+        if k >= 2 {
+            n += next0 - next1 - c * t0;
+        }
+        s0 += next0;
+        s1 += next1;
+        (t0, t1) = (next0, next1);
+        if t0.abs() <= 1e-17 * s0.abs() && t1.abs() <= 1e-17 * s1.abs() {
+            converged = true;
+            break;
+        }
+    }
+    if !converged || s0 <= 0.0 || s1 <= 0.0 {
+        return None;
+    }
+    let delta = d / s0;
+    Some(2.0 * n / s0 - delta * delta + 2.0 * c * delta)
+}
+
 fn check_ambient(p: usize) -> Result<()> {
     if p < 2 {
         return Err(Error::Invalid(format!(
@@ -261,7 +367,7 @@ fn norm(a: &[f64]) -> f64 {
 }
 
 /// A uniform unit vector in R^p (normalised standard normal, redrawn if it is 0).
-fn uniform_unit(p: usize, rng: &mut HostRng) -> Vec<f64> {
+pub(crate) fn uniform_unit(p: usize, rng: &mut HostRng) -> Vec<f64> {
     loop {
         let g: Vec<f64> = (0..p).map(|_| rng.normal()).collect();
         let r = norm(&g);
@@ -391,7 +497,7 @@ impl Vmf {
         if self.kappa == 0.0 {
             return uniform_unit(p, rng);
         }
-        let omw = self.sample_one_minus_w(rng);
+        let (_, omw) = wood(self.dim(), self.kappa, rng);
         let w = 1.0 - omw;
         let s = (omw * (2.0 - omw)).max(0.0).sqrt(); // √(1 − w²)
         let v = orthogonal_unit(&self.mean, rng);
@@ -405,40 +511,55 @@ impl Vmf {
         y.iter().map(|v| v / r).collect()
     }
 
-    /// Wood's rejection step: returns 1 − w for w = μ·y.
-    fn sample_one_minus_w(&self, rng: &mut HostRng) -> f64 {
-        let kappa = self.kappa;
-        let dof = self.dim() - 1;
-        let m1 = dof as f64;
-        let b = m1 / (2.0 * kappa + (2.0 * kappa).hypot(m1));
-        if b == 0.0 {
-            // κ ≳ 1e307: the distribution is a point mass at μ to f64 precision.
-            return 0.0;
-        }
-        let x0 = (1.0 - b) / (1.0 + b);
-        let one_minus_x0 = 2.0 * b / (1.0 + b);
-        let ln_one_minus_x0sq = (one_minus_x0 * (1.0 + x0)).ln();
-        loop {
-            let xa: f64 = (0..dof).map(|_| rng.normal().powi(2)).sum();
-            let xb: f64 = (0..dof).map(|_| rng.normal().powi(2)).sum();
-            let z = xa / (xa + xb);
-            if !z.is_finite() {
-                continue;
-            }
-            let omw = 2.0 * b * z / (1.0 - (1.0 - b) * z);
-            let u = 1.0 - rng.uniform(); // (0, 1]
-                                         // κw + m1 ln(1 − x₀w) − c with w = 1 − omw, rearranged around x₀.
-            let one_minus_x0w = one_minus_x0 + x0 * omw;
-            let t = kappa * (one_minus_x0 - omw) + m1 * (one_minus_x0w.ln() - ln_one_minus_x0sq);
-            if t >= u.ln() {
-                return omw;
-            }
-        }
-    }
-
     /// `n` independent draws (see [`Vmf::sample_one`]).
     pub fn sample(&self, n: usize, rng: &mut HostRng) -> Vec<Vec<f64>> {
         (0..n).map(|_| self.sample_one(rng)).collect()
+    }
+}
+
+/// Wood's (1994) rejection step for the vMF on S^(p−1) ⊂ R^p, exposed for the
+/// reparameterised sampler of [`crate::vmf`]: returns the accepted envelope draw
+/// ε ~ Beta((p−1)/2, (p−1)/2) (accepted, so no longer Beta-distributed) together with
+/// 1 − w, where w = h(ε, κ) = (1 − (1+b)ε)/(1 − (1−b)ε) = μ·y is the component along the
+/// mean (see [`Vmf::sample_one`] for the algorithm). 1 − w rather than w because near
+/// w = 1 (large κ) w itself would lose the digits that matter. κ = 0 is allowed (b = 1,
+/// every proposal accepted: w = 1 − 2ε, the uniform distribution's marginal). Needs
+/// p ≥ 2 and κ finite, ≥ 0. Uses the same random numbers as [`Vmf::sample_one`] (for
+/// κ > 0) does before it draws the tangent direction.
+pub fn wood_epsilon(p: usize, kappa: f64, rng: &mut HostRng) -> Result<(f64, f64)> {
+    check_ambient(p)?;
+    check_kappa(kappa)?;
+    Ok(wood(p, kappa, rng))
+}
+
+/// [`wood_epsilon`] without the checks: (ε, 1 − w).
+fn wood(p: usize, kappa: f64, rng: &mut HostRng) -> (f64, f64) {
+    let dof = p - 1;
+    let m1 = dof as f64;
+    let b = m1 / (2.0 * kappa + (2.0 * kappa).hypot(m1));
+    if b == 0.0 {
+        // κ ≳ 1e307: the distribution is a point mass at μ to f64 precision (and ε = 0
+        // gives h(ε, κ) = 1 for every b).
+        return (0.0, 0.0);
+    }
+    let x0 = (1.0 - b) / (1.0 + b);
+    let one_minus_x0 = 2.0 * b / (1.0 + b);
+    let ln_one_minus_x0sq = (one_minus_x0 * (1.0 + x0)).ln();
+    loop {
+        let xa: f64 = (0..dof).map(|_| rng.normal().powi(2)).sum();
+        let xb: f64 = (0..dof).map(|_| rng.normal().powi(2)).sum();
+        let z = xa / (xa + xb);
+        if !z.is_finite() {
+            continue;
+        }
+        let omw = 2.0 * b * z / (1.0 - (1.0 - b) * z);
+        let u = 1.0 - rng.uniform(); // (0, 1]
+                                     // κw + m1 ln(1 − x₀w) − c with w = 1 − omw, rearranged around x₀.
+        let one_minus_x0w = one_minus_x0 + x0 * omw;
+        let t = kappa * (one_minus_x0 - omw) + m1 * (one_minus_x0w.ln() - ln_one_minus_x0sq);
+        if t >= u.ln() {
+            return (z, omw);
+        }
     }
 }
 

@@ -44,5 +44,6 @@ pub mod saved_run;
 pub mod selfcheck;
 pub mod tape;
 pub mod train;
+pub mod vmf;
 
 pub use error::{Error, Result};
