@@ -122,11 +122,16 @@ impl<'t, B: Backend> Step<'_, 't, B> {
         self.energy.energy(self.x1)
     }
 
-    /// Mean Metropolis–Hastings acceptance probability of the proposal with the same εᵢ and ξ
-    /// towards q (s = 1), a diagnostic, never part of a loss. With ν = g⁻¹ and chart energy
+    /// Per-sample Metropolis–Hastings log acceptance ratio log α (rows, 1), a constant, of
+    /// the proposal with the same εᵢ and ξ towards q (s = 1). With ν = g⁻¹ and chart energy
     /// Ẽ = E − ½Σ log g: log α = Ẽ(x₀) − Ẽ(x′) + log q(x₀|x′) − log q(x′|x₀), where
     /// log q(b|a) = −‖b − a − εᵢ·drift(a)‖²/(4εᵢν(a)) − (n/2) log ν(a).
-    pub fn mh_acceptance(&self) -> Result<Var<'t, B>> {
+    ///
+    /// For a step taken with s = 1 the proposal x′ is [`Step::x1`]. The reverse move is
+    /// scored in x₀'s chart, so accepting x₁ with probability min(1, α) leaves q invariant
+    /// for a fixed chart; a sampler whose chart follows the point (the sphere's hemisphere
+    /// flip) must score a move into the other chart there, as [`crate::ais`] does.
+    pub fn mh_log_alpha(&self) -> Result<Var<'t, B>> {
         let m = self.energy.manifold;
         let n = self.x0.shape().1 as f32;
         let g0 = self.g.detach();
@@ -155,6 +160,13 @@ impl<'t, B: Backend> Step<'_, 't, B> {
                     .add(self.xi.rowdot(self.xi)?.div(four_eps)?)?;
             }
         }
+        Ok(log_a.detach())
+    }
+
+    /// Mean Metropolis–Hastings acceptance probability min(1, α) over the batch, with α from
+    /// [`Step::mh_log_alpha`]: a diagnostic, never part of a loss.
+    pub fn mh_acceptance(&self) -> Result<Var<'t, B>> {
+        let log_a = self.mh_log_alpha()?;
         // min(1, α) = exp(min(0, log α)), min(0, y) = (y − |y|)/2.
         let m0 = log_a.sub(log_a.square()?.sqrt()?)?.scale(0.5)?;
         Ok(m0.exp()?.mean_all()?.detach())

@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod ais;
 pub mod app;
 pub mod backend;
 pub mod checkpoint;
