@@ -21,6 +21,9 @@ pub enum EnergyKind {
     Scalar,
     /// E(z | c) = ⟨z, ψ([z, c])⟩ with z the first `dz` columns of the input and c the rest.
     Conditional { dz: usize },
+    /// Not an energy: the MLP ψ: R^dim → R^out itself (the auto-encoders' encoders and
+    /// decoders), so that they share initialisation, binding and checkpoints with energies.
+    Net { out: usize },
 }
 
 /// Weight initialisation.
@@ -62,6 +65,7 @@ impl Arch {
             EnergyKind::ScoreNet => self.dim,
             EnergyKind::Scalar => 1,
             EnergyKind::Conditional { dz } => dz,
+            EnergyKind::Net { out } => out,
         }
     }
 
@@ -79,6 +83,11 @@ impl Arch {
                 "model widths must be positive: input width {}, hidden widths {:?}",
                 self.dim, self.hidden
             )));
+        }
+        if self.kind == (EnergyKind::Net { out: 0 }) {
+            return Err(Error::Invalid(
+                "a network needs a positive output width".into(),
+            ));
         }
         if let EnergyKind::Conditional { dz } = self.kind {
             if dz == 0 || dz >= self.dim {
@@ -322,6 +331,9 @@ impl<'t, B: Backend> Bound<'t, B> {
             EnergyKind::ScoreNet => x.rowdot(self.mlp(x)?),
             EnergyKind::Scalar => self.mlp(x),
             EnergyKind::Conditional { dz } => x.slice_cols(0, dz)?.rowdot(self.mlp(x)?),
+            EnergyKind::Net { .. } => Err(Error::Invalid(
+                "this model is a plain network, not an energy".into(),
+            )),
         }
     }
 }
@@ -339,6 +351,7 @@ const META_HIDDEN: &str = "hidden";
 const META_ACT: &str = "activation";
 const META_SN: &str = "spectral_norm";
 const META_DZ: &str = "conditional_dz";
+const META_OUT: &str = "output_dim";
 
 impl Arch {
     /// The architecture as checkpoint metadata.
@@ -347,6 +360,7 @@ impl Arch {
             EnergyKind::ScoreNet => "scorenet",
             EnergyKind::Scalar => "scalar",
             EnergyKind::Conditional { .. } => "conditional",
+            EnergyKind::Net { .. } => "net",
         };
         let hidden: Vec<String> = self.hidden.iter().map(|h| h.to_string()).collect();
         let mut m = vec![
@@ -356,8 +370,10 @@ impl Arch {
             (META_ACT.to_string(), act_name(self.act).to_string()),
             (META_SN.to_string(), self.spectral_norm.to_string()),
         ];
-        if let EnergyKind::Conditional { dz } = self.kind {
-            m.push((META_DZ.to_string(), dz.to_string()));
+        match self.kind {
+            EnergyKind::Conditional { dz } => m.push((META_DZ.to_string(), dz.to_string())),
+            EnergyKind::Net { out } => m.push((META_OUT.to_string(), out.to_string())),
+            _ => {}
         }
         m
     }
@@ -369,6 +385,9 @@ impl Arch {
             "scalar" => EnergyKind::Scalar,
             "conditional" => EnergyKind::Conditional {
                 dz: ck.meta_parse(META_DZ)?,
+            },
+            "net" => EnergyKind::Net {
+                out: ck.meta_parse(META_OUT)?,
             },
             other => {
                 return Err(Error::Invalid(format!(

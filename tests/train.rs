@@ -256,6 +256,7 @@ fn energy_kinds_compute_their_definitions() {
                 EnergyKind::Conditional { dz } => {
                     (0..dz).map(|c| x.at(r, c) * psi.at(r, c)).sum::<f64>()
                 }
+                EnergyKind::Net { .. } => unreachable!("not in the list"),
             };
             assert!(
                 (e.at(r, 0) - want).abs() < 1e-12,
@@ -266,6 +267,26 @@ fn energy_kinds_compute_their_definitions() {
         // The MLP output width follows the kind.
         assert_eq!(psi.cols, arch.out_dim());
     }
+    // A plain network (encoders, decoders) has the MLP's output and refuses to be an energy.
+    let net = Arch {
+        kind: EnergyKind::Net { out: 5 },
+        dim: 4,
+        hidden: vec![6],
+        act: Fun::Tanh,
+        spectral_norm: false,
+    };
+    let mut m = cpu_model(&net, 3);
+    let tape = Tape::new(Cpu);
+    let b = m.bind(&tape, false).unwrap();
+    let xv = tape.leaf(x.clone());
+    assert_eq!(b.mlp(xv).unwrap().shape(), (3, 5));
+    assert!(b.energy(xv).is_err());
+    assert!(Arch {
+        kind: EnergyKind::Net { out: 0 },
+        ..net.clone()
+    }
+    .validate()
+    .is_err());
     // A conditional energy with dz outside 1..dim is refused.
     let bad = Arch {
         kind: EnergyKind::Conditional { dz: 4 },
