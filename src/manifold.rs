@@ -316,6 +316,27 @@ pub fn embed<'t, B: Backend>(
     }
 }
 
+/// The chart form of unit vectors y (rows, n + 1) computed on the tape: the GPU twin of
+/// [`Manifold::to_chart`] for the sphere, for points made on the device (an encoder's latents)
+/// that should not travel to the host. Constant (detached): chart forms are data.
+pub fn sphere_chart_form<'t, B: Backend>(y: Var<'t, B>) -> Result<Var<'t, B>> {
+    let (_, m) = y.shape();
+    if m < 2 {
+        return Err(Error::Shape(
+            "sphere points need at least 2 columns (S¹ ⊂ R²)".into(),
+        ));
+    }
+    let y = y.detach();
+    // σ = sign(y_last); the 1e-30 makes an exact 0 count as the northern hemisphere.
+    let last = y.slice_cols(m - 1, m)?.affine(1.0, 1e-30)?;
+    let sign = last.div(last.square()?.sqrt()?)?;
+    let yp = y.mul(sign)?;
+    let x = yp
+        .slice_cols(0, m - 1)?
+        .div(yp.slice_cols(m - 1, m)?.affine(1.0, 1.0)?)?;
+    Ok(x.concat_cols(sign)?.detach())
+}
+
 /// g^ii, ∂ᵢg^ii and ∇(½Σ log g_ii) at chart points x (rows, n); None for R^d (g = I).
 pub fn chart_terms<'t, B: Backend>(
     m: Manifold,

@@ -701,3 +701,33 @@ fn line_panels_draw_curves_bands_and_log_axes() {
         "{e}"
     );
 }
+
+#[test]
+fn image_grid_puts_each_image_in_its_tile_as_ink_on_paper() {
+    use wmvl::plot::images::{image_grid, render_image_grid};
+    // Three 2×3 images: all ink, all paper, and a gradient along the row.
+    let (h, w) = (2, 3);
+    let mut px = vec![1.0f32; h * w];
+    px.extend(vec![0.0f32; h * w]);
+    px.extend((0..h * w).map(|i| (i % w) as f32 / (w - 1) as f32));
+    let fig = render_image_grid(&px, 3, (h, w), 2, "samples").unwrap();
+    assert_eq!(fig.plots.len(), 3);
+    assert_eq!(fig.plots[1].y, fig.plots[0].y, "two per row");
+    assert!(fig.plots[2].y > fig.plots[0].y, "the third on the next row");
+    let centre = |r: wmvl::plot::Rect, c: usize| (r.x + (c as u32 * 2) + 1, r.y + 1);
+    let at = |r, c| fig.pixel(centre(r, c).0, centre(r, c).1).unwrap();
+    assert_eq!(at(fig.plots[0], 0), [0, 0, 0]);
+    assert_eq!(at(fig.plots[1], 0), [255, 255, 255]);
+    assert_eq!(at(fig.plots[2], 1), [128, 128, 128]);
+    let dir = std::env::temp_dir().join(format!("wmvl-grid-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("grid.png");
+    image_grid(&path, &px, 3, (h, w), 2, "samples").unwrap();
+    let (pw, ph, _) = decode(&path);
+    assert_eq!((pw, ph), (fig.width, fig.height));
+    assert!(render_image_grid(&px[1..], 3, (h, w), 2, "x").is_err());
+    let mut bad = px.clone();
+    bad[4] = f32::NAN;
+    assert!(render_image_grid(&bad, 3, (h, w), 2, "x").is_err());
+    fs::remove_dir_all(&dir).ok();
+}

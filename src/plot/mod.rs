@@ -776,4 +776,5 @@ pub fn render_density_panels(grid: &Grid, panels: &[Heatmap], caption: &str) -> 
 
 mod canvas;
 use canvas::Canvas;
+pub mod images;
 pub mod lines;
