@@ -45,6 +45,7 @@ pub mod saved_run;
 pub mod selfcheck;
 pub mod tape;
 pub mod train;
+pub mod vae;
 pub mod vmf;
 
 pub use error::{Error, Result};
