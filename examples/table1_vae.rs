@@ -4,7 +4,7 @@
 //! by (Riemannian) MVL (paper §4.2, eq. 19; src/vae).
 //!
 //! cargo run --release --example table1_vae -- [--quick] [--seed 0] [--out-dir wmvl-out/table1]
-//!     [--data ../shared/data/mnist10k] [--steps N] [--ais-steps T] [--leapfrog L] [--chains K]
+//!     [--data data/mnist10k] [--steps N] [--ais-steps T] [--leapfrog L] [--chains K]
 //!     [--test N] [--cells implicit-sphere-32,…]
 //!
 //! Full mode: the paper's settings — 100 000 steps of batch 128 per cell, AIS with 1 000
@@ -288,7 +288,7 @@ fn run() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let o = options(&args)?;
     // Everything that can be refused is refused before any work.
-    let data: PathBuf = arg(&args, "--data", PathBuf::from("../shared/data/mnist10k"))?;
+    let data: PathBuf = arg(&args, "--data", PathBuf::from("data/mnist10k"))?;
     let mnist = load_dir(&data)?;
     if o.test_n > mnist.test.rows {
         return Err(format!(
