@@ -14,6 +14,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use common::{arg, Res};
 
@@ -23,6 +24,7 @@ use wmvl::gpu::Gpu;
 use wmvl::model::{Arch, HostParams, Init, Model};
 use wmvl::objective::{Config, Objective};
 use wmvl::plot::lines::{line_panels, LinePanel, Scale, Series};
+use wmvl::progress::Progress;
 use wmvl::train::{evaluate, evaluate_fused, TrainConfig, Trainer};
 
 /// Two-sided p-value of a standard normal z (Abramowitz–Stegun 7.1.26 for erfc).
@@ -51,6 +53,7 @@ fn run() -> Res<()> {
         )
     };
 
+    let t_all = Instant::now();
     let gpu = Gpu::new()?;
     let r = gpu.report();
     println!("adapter: {} ({}, {})", r.name, r.backend, r.device_type);
@@ -103,7 +106,8 @@ fn run() -> Res<()> {
         se: f64,
     }
     let mut rows = vec![];
-    for &eps in &grid {
+    let t0 = Instant::now();
+    for (k, &eps) in grid.iter().enumerate() {
         for (cv, est) in [(true, "mvl (fused)"), (false, "mvl no cv (fused)")] {
             let cfg = Config {
                 eps: eps as f32,
@@ -149,7 +153,15 @@ fn run() -> Res<()> {
             mean: mean - 2.0 / (2.0 * eps),
             se,
         });
-        println!("ε = {eps:e} done");
+        let p = Progress {
+            what: "estimators",
+            done: k + 1,
+            total: grid.len(),
+            unit: "step sizes",
+            elapsed: t0.elapsed(),
+            detail: format!("ε = {eps:e} done"),
+        };
+        println!("  {}", p.line());
     }
 
     // Table, CSV and figure.
@@ -208,11 +220,12 @@ fn run() -> Res<()> {
             x_scale: Scale::Log,
             y_scale: Scale::Log,
             equal_aspect: false,
+            // MVL on the fused step last, so that it is drawn over the curves it coincides with.
             series: vec![
-                series("mvl (fused)", "mvl (fused)", &bias),
+                series("(2 SE)^2: resolution", "mvl (fused)", &limit),
                 series("vr-dsm", "vr-dsm", &bias),
                 series("mvl (tape)", "mvl (tape)", &bias),
-                series("(2 SE)^2: resolution", "mvl (fused)", &limit),
+                series("mvl (fused)", "mvl (fused)", &bias),
             ],
         },
         LinePanel {
@@ -223,11 +236,11 @@ fn run() -> Res<()> {
             y_scale: Scale::Log,
             equal_aspect: false,
             series: vec![
-                series("mvl (fused)", "mvl (fused)", &variance),
                 series("mvl no cv (fused)", "mvl no cv (fused)", &variance),
-                series("vr-dsm", "vr-dsm", &variance),
                 series("dsm", "dsm", &variance),
+                series("vr-dsm", "vr-dsm", &variance),
                 series("mvl (tape)", "mvl (tape)", &variance),
+                series("mvl (fused)", "mvl (fused)", &variance),
             ],
         },
     ];
@@ -237,7 +250,12 @@ fn run() -> Res<()> {
         &panels,
         &format!("Banana, {n} points, model trained {train_steps} MVL steps; SSM-VR reference J = {j:.4}; {}", r.name),
     )?;
-    println!("wrote {} and the .csv beside it", fig.display());
+    println!(
+        "took {:.0} s on {}; wrote {} and the .csv beside it",
+        t_all.elapsed().as_secs_f64(),
+        r.name,
+        fig.display()
+    );
 
     if quick {
         let var_of = |est: &str, eps: f64| {

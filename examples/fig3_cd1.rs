@@ -11,6 +11,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use common::{arg, Res};
 
@@ -19,6 +20,7 @@ use wmvl::gpu::Gpu;
 use wmvl::model::{Arch, HostParams, Init, Model};
 use wmvl::objective::{Config, Objective};
 use wmvl::plot::lines::{line_panels, LinePanel, Scale, Series};
+use wmvl::progress::Progress;
 use wmvl::train::{evaluate, TrainConfig, Trainer};
 
 fn run() -> Res<()> {
@@ -38,11 +40,27 @@ fn run() -> Res<()> {
     let toy = Toy::Cosine;
     let arch = Arch::paper(2);
 
+    // Progress over all trainings, with the time left at the rate so far.
+    let total = runs as usize * (2 + 2 * grid.len());
+    let done = std::cell::Cell::new(0usize);
+    let t0 = Instant::now();
+    let tick = |what: String| {
+        done.set(done.get() + 1);
+        let p = Progress {
+            what: "train",
+            done: done.get(),
+            total,
+            unit: "trainings",
+            elapsed: t0.elapsed(),
+            detail: what,
+        };
+        println!("  {}", p.line());
+    };
     // The SSM-VR loss on the training set after training with `objective` at step `eps`,
     // averaged over the runs (each run: its own data, initial parameters and noise).
     let loss_after =
         |objective: Objective, eps: f64, cv: bool| -> Result<f64, Box<dyn std::error::Error>> {
-            let mut total = 0.0;
+            let mut sum = 0.0;
             for run in 0..runs {
                 let s = seed + 1000 * run;
                 let data = toy.sample_matrix(2_000, s);
@@ -73,9 +91,15 @@ fn run() -> Res<()> {
                     2_000,
                     s ^ 0x55,
                 )?;
-                total += j;
+                sum += j;
+                tick(format!(
+                    "{} at ε = {eps:e}{}, run {}",
+                    objective.name(),
+                    if cv { "" } else { " without control variate" },
+                    run + 1
+                ));
             }
-            Ok(total / runs as f64)
+            Ok(sum / runs as f64)
         };
 
     let ssm = loss_after(Objective::SsmVr, 1e-3, true)?;
@@ -130,7 +154,12 @@ fn run() -> Res<()> {
         &[panel],
         &format!("Cosine, 2 000 points, {steps} steps, {runs} run(s); loss by SSM-VR on the training set; {}", r.name),
     )?;
-    println!("wrote {}", fig.display());
+    println!(
+        "took {:.0} s on {}; wrote {}",
+        t0.elapsed().as_secs_f64(),
+        r.name,
+        fig.display()
+    );
     if quick {
         let at = grid
             .iter()

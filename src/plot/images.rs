@@ -72,12 +72,6 @@ pub fn render_image_grid(
             h: th,
         });
     }
-    let zero = Rect {
-        x: 0,
-        y: 0,
-        w: 0,
-        h: 0,
-    };
     Ok(Figure {
         width,
         height,
@@ -90,10 +84,10 @@ pub fn render_image_grid(
             w: title.len() as u32 * 12,
             h: TEXT_H,
         }],
-        caption: zero,
+        caption: Rect::EMPTY,
         axis_names: vec![],
-        colorbar: zero,
-        colorbar_labels: [zero, zero],
+        colorbar: Rect::EMPTY,
+        colorbar_labels: [Rect::EMPTY, Rect::EMPTY],
     })
 }
 

@@ -339,12 +339,6 @@ pub fn render_line_panels(panels: &[LinePanel], caption: &str) -> Result<Figure>
             .unwrap_or(0),
         h: cap_lines.len() as u32 * LINE_H,
     };
-    let zero = Rect {
-        x: 0,
-        y: 0,
-        w: 0,
-        h: 0,
-    };
     Ok(Figure {
         width,
         height,
@@ -354,8 +348,8 @@ pub fn render_line_panels(panels: &[LinePanel], caption: &str) -> Result<Figure>
         titles,
         caption,
         axis_names: vec![],
-        colorbar: zero,
-        colorbar_labels: [zero, zero],
+        colorbar: Rect::EMPTY,
+        colorbar_labels: [Rect::EMPTY, Rect::EMPTY],
     })
 }
 

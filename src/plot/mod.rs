@@ -205,6 +205,14 @@ pub struct Rect {
 }
 
 impl Rect {
+    /// Nothing drawn.
+    pub const EMPTY: Rect = Rect {
+        x: 0,
+        y: 0,
+        w: 0,
+        h: 0,
+    };
+
     /// Whether pixel `(x, y)` lies inside.
     pub fn contains(&self, x: u32, y: u32) -> bool {
         x >= self.x && y >= self.y && x - self.x < self.w && y - self.y < self.h

@@ -15,176 +15,21 @@
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::manifold::{sphere_chart_form, Manifold};
-use crate::model::{Arch, Bound, EnergyKind, HostParams, Init, Model};
+use crate::manifold::sphere_chart_form;
+use crate::model::{Arch, Bound, HostParams, Init, Model};
 use crate::objective::{estimate, Config, Energy, Objective};
-use crate::ops::{Axis, Fun};
+use crate::ops::Axis;
 use crate::optim::{Optimizer, Rule};
 use crate::rng::{Dist, HostRng, Rng};
 use crate::tape::{Tape, Var};
 
+mod config;
 mod io;
+
+pub use config::{Latent, Posterior, VaeConfig};
 
 /// Tags the VAE's host random stream apart from other users of the seed.
 const HOST_STREAM: u64 = 0x7ae_5eed;
-
-/// Where the latents live (and the prior there).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Latent {
-    /// R^n_z with the prior N(0, I).
-    Euclidean,
-    /// S^(n_z−1) ⊂ R^n_z with the uniform prior.
-    Sphere,
-}
-
-/// How q(z|x) is made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Posterior {
-    /// Gaussian (Euclidean) or von Mises–Fisher (sphere), with a closed-form KL.
-    Explicit,
-    /// z = f([x, ε]), entropy gradient through a conditional energy trained by MVL.
-    Implicit,
-}
-
-impl Latent {
-    pub fn name(self) -> &'static str {
-        match self {
-            Latent::Euclidean => "euclidean",
-            Latent::Sphere => "sphere",
-        }
-    }
-}
-
-impl Posterior {
-    pub fn name(self) -> &'static str {
-        match self {
-            Posterior::Explicit => "explicit",
-            Posterior::Implicit => "implicit",
-        }
-    }
-}
-
-/// A VAE's architecture and training settings; the defaults are the paper's (appendix E.2).
-#[derive(Clone, Debug, PartialEq)]
-pub struct VaeConfig {
-    pub nz: usize,
-    pub latent: Latent,
-    pub posterior: Posterior,
-    /// Image size (784 for MNIST).
-    pub pixels: usize,
-    /// Hidden widths of encoder and decoder (2 × 256 tanh, as Song et al. 2019).
-    pub hidden: Vec<usize>,
-    /// Hidden widths of the conditional energy (2 × 256 tanh, no spectral norm).
-    pub energy_hidden: Vec<usize>,
-    /// RMSProp (TF-style) learning rate of every network.
-    pub lr: f32,
-    pub batch: usize,
-    /// The energy-scale regulariser of the conditional energy's MVL loss.
-    pub energy_reg: f32,
-    /// MVL's step size ε₀ for the conditional energy.
-    pub eps: f32,
-    pub seed: u64,
-}
-
-impl VaeConfig {
-    pub fn paper(nz: usize, latent: Latent, posterior: Posterior) -> VaeConfig {
-        VaeConfig {
-            nz,
-            latent,
-            posterior,
-            pixels: 784,
-            hidden: vec![256, 256],
-            energy_hidden: vec![256, 256],
-            lr: 1e-3,
-            batch: 128,
-            energy_reg: 1e-4,
-            eps: 1e-3,
-            seed: 0,
-        }
-    }
-
-    /// "implicit-sphere-8" and the like: names checkpoints and table rows.
-    pub fn name(&self) -> String {
-        format!(
-            "{}-{}-{}",
-            self.posterior.name(),
-            self.latent.name(),
-            self.nz
-        )
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        let min_nz = if self.latent == Latent::Sphere { 2 } else { 1 };
-        if self.nz < min_nz || self.pixels == 0 || self.batch == 0 {
-            return Err(Error::Invalid(format!(
-                "VAE: need n_z ≥ {min_nz}, pixels > 0 and batch > 0 (got n_z {}, pixels {}, batch {})",
-                self.nz, self.pixels, self.batch
-            )));
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0 && self.eps.is_finite() && self.eps > 0.0) {
-            return Err(Error::Invalid(format!(
-                "VAE: learning rate and ε₀ must be positive (got {} and {})",
-                self.lr, self.eps
-            )));
-        }
-        Ok(())
-    }
-
-    /// Encoder output width: [μ, log σ²] (Gaussian), [μ, κ̃] (vMF) or z (implicit).
-    fn encoder_out(&self) -> usize {
-        match (self.posterior, self.latent) {
-            (Posterior::Explicit, Latent::Euclidean) => 2 * self.nz,
-            (Posterior::Explicit, Latent::Sphere) => self.nz + 1,
-            (Posterior::Implicit, _) => self.nz,
-        }
-    }
-
-    /// Encoder input width: x, and for the implicit encoder also n_z noise columns.
-    fn encoder_in(&self) -> usize {
-        match self.posterior {
-            Posterior::Explicit => self.pixels,
-            Posterior::Implicit => self.pixels + self.nz,
-        }
-    }
-
-    fn net(&self, dim: usize, out: usize, hidden: &[usize]) -> Arch {
-        Arch {
-            kind: EnergyKind::Net { out },
-            dim,
-            hidden: hidden.to_vec(),
-            act: Fun::Tanh,
-            spectral_norm: false,
-        }
-    }
-
-    /// The conditional energy E(z | x) = ⟨z̃, ψ([z̃, x])⟩ (SPEC §7).
-    fn energy_arch(&self) -> Arch {
-        Arch {
-            kind: EnergyKind::Conditional { dz: self.nz },
-            dim: self.nz + self.pixels,
-            hidden: self.energy_hidden.clone(),
-            act: Fun::Tanh,
-            spectral_norm: false,
-        }
-    }
-
-    /// z̃ = √n_z·z on the sphere (SPEC §7), so that the energy — and, our choice, the
-    /// decoder — see inputs of order one, as Euclidean latents are; unscaled unit vectors made
-    /// the spherical decoders learn several times slower.
-    fn latent_scale(&self) -> f32 {
-        match self.latent {
-            Latent::Sphere => (self.nz as f32).sqrt(),
-            Latent::Euclidean => 1.0,
-        }
-    }
-
-    fn manifold(&self) -> Manifold {
-        match self.latent {
-            Latent::Sphere => Manifold::Sphere,
-            Latent::Euclidean => Manifold::Euclidean,
-        }
-    }
-}
 
 /// The conditional energy as a function of z alone, for a batch of conditions x (constants).
 struct GivenX<'a, 't, B: Backend> {
@@ -198,6 +43,18 @@ impl<'t, B: Backend> Energy<'t, B> for GivenX<'_, 't, B> {
         self.energy
             .energy(z.scale(self.scale)?.concat_cols(self.x)?)
     }
+}
+
+fn no_energy() -> Error {
+    Error::Invalid("an implicit VAE without its conditional energy (internal error)".into())
+}
+
+/// The conditional energy bound to `tape` (implicit encoders only).
+fn bind_energy<'t, 'g>(
+    energy: &mut Option<Model<&'g Gpu>>,
+    tape: &'t Tape<&'g Gpu>,
+) -> Result<Bound<'t, &'g Gpu>> {
+    energy.as_mut().ok_or_else(no_energy)?.bind(tape, false)
 }
 
 /// Per-batch means of what a step optimised (nats per image).
@@ -380,8 +237,7 @@ impl<'g> Vae<'g> {
             Some(kl) => (kl.sub(log_lik)?, kl),
             None => {
                 // Eq. 19: ∂φ of −⟨sg(∇z E(z|x)), z⟩ is ∂φH with −∇zE for the score.
-                let model = self.energy.as_mut().expect("implicit VAEs have an energy");
-                let bound = model.bind(&tape, false)?;
+                let bound = bind_energy(&mut self.energy, &tape)?;
                 let cond = GivenX {
                     energy: &bound,
                     x: xv,
@@ -427,8 +283,7 @@ impl<'g> Vae<'g> {
             Latent::Sphere => sphere_chart_form(z)?,
             Latent::Euclidean => z,
         };
-        let model = self.energy.as_mut().expect("implicit VAEs have an energy");
-        let bound = model.bind(&tape, false)?;
+        let bound = bind_energy(&mut self.energy, &tape)?;
         let cond = GivenX {
             energy: &bound,
             x: xv,
@@ -449,10 +304,9 @@ impl<'g> Vae<'g> {
             .iter()
             .map(|g| g.value())
             .collect();
-        let opt = self
-            .opt_energy
-            .as_mut()
-            .expect("implicit VAEs have an optimiser");
+        let (Some(model), Some(opt)) = (self.energy.as_ref(), self.opt_energy.as_mut()) else {
+            return Err(no_energy());
+        };
         opt.step(gpu, &model.params(), &grads)?;
         Ok(est.loss.value())
     }
