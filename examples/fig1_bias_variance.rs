@@ -39,6 +39,11 @@ fn p_value(z: f64) -> f64 {
 
 fn run() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    common::check_options(
+        &args,
+        "cargo run --release --example fig1_bias_variance -- [--quick] [--seed 0] [--out-dir wmvl-out/fig1]",
+        &["--seed", "--out-dir"],
+    )?;
     let quick = args.iter().any(|a| a == "--quick");
     let seed: u64 = arg(&args, "--seed", 0)?;
     let out_dir: PathBuf = arg(&args, "--out-dir", PathBuf::from("wmvl-out/fig1"))?;

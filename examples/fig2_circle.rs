@@ -3,6 +3,7 @@
 //! of the centred log density and the Riemannian Fisher divergence.
 //!
 //! cargo run --release --example fig2_circle -- [--quick] [--seed 0] [--out-dir wmvl-out/fig2]
+//!     [--n 50000] [--batch 50000] [--steps 3000] [--eps 1e-5] [--lr 5e-4]
 //!
 //! Full mode: 50 000 samples in full batch at ε₀ = 1e-5 (the paper's setting, on the fused
 //! step), 2 × 100 tanh. `--quick` (CI): 2 000 samples, batches of 500, 600 steps; it fails
@@ -22,6 +23,11 @@ use wmvl::train::energy_and_score;
 
 fn run() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    common::check_options(
+        &args,
+        "cargo run --release --example fig2_circle -- [--quick] [--seed 0] [--out-dir wmvl-out/fig2]\n    [--n 50000] [--batch 50000] [--steps 3000] [--eps 1e-5] [--lr 5e-4]",
+        &["--seed", "--out-dir", "--n", "--batch", "--steps", "--eps", "--lr"],
+    )?;
     let quick = args.iter().any(|a| a == "--quick");
     let seed: u64 = arg(&args, "--seed", 0)?;
     let out_dir: PathBuf = arg(&args, "--out-dir", PathBuf::from("wmvl-out/fig2"))?;

@@ -25,6 +25,11 @@ use wmvl::train::{evaluate, TrainConfig, Trainer};
 
 fn run() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    common::check_options(
+        &args,
+        "cargo run --release --example fig3_cd1 -- [--quick] [--seed 0] [--out-dir wmvl-out/fig3]",
+        &["--seed", "--out-dir"],
+    )?;
     let quick = args.iter().any(|a| a == "--quick");
     let seed: u64 = arg(&args, "--seed", 0)?;
     let out_dir: PathBuf = arg(&args, "--out-dir", PathBuf::from("wmvl-out/fig3"))?;

@@ -3,6 +3,7 @@
 //! (area-weighted over the sphere) and the Riemannian Fisher divergence.
 //!
 //! cargo run --release --example fig4_sphere -- [--quick] [--seed 0] [--out-dir wmvl-out/fig4]
+//!     [--n 50000] [--batch 50000] [--steps 3000] [--eps 1e-5] [--lr 5e-4]
 //!
 //! Full mode: 50 000 samples in full batch at ε₀ = 1e-5 on the fused step, 2 × 100 tanh.
 //! `--quick` (CI): 3 000 samples, batches of 500, 800 steps; it fails unless the L2 error of
@@ -40,6 +41,11 @@ fn mollweide_inverse(x: f64, y: f64) -> Option<[f64; 3]> {
 
 fn run() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    common::check_options(
+        &args,
+        "cargo run --release --example fig4_sphere -- [--quick] [--seed 0] [--out-dir wmvl-out/fig4]\n    [--n 50000] [--batch 50000] [--steps 3000] [--eps 1e-5] [--lr 5e-4]",
+        &["--seed", "--out-dir", "--n", "--batch", "--steps", "--eps", "--lr"],
+    )?;
     let quick = args.iter().any(|a| a == "--quick");
     let seed: u64 = arg(&args, "--seed", 0)?;
     let out_dir: PathBuf = arg(&args, "--out-dir", PathBuf::from("wmvl-out/fig4"))?;

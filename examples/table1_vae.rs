@@ -286,6 +286,11 @@ fn run_cell(gpu: &Gpu, o: &Opts, cfg: &VaeConfig, train: &Images, test: &[f32]) 
 
 fn run() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    common::check_options(
+        &args,
+        "cargo run --release --example table1_vae -- [--quick] [--seed 0] [--out-dir wmvl-out/table1]\n    [--data data/mnist10k] [--steps 100000] [--ais-steps 1000] [--leapfrog 10] [--chains 16]\n    [--test 1000] [--cells implicit-sphere-32,...]",
+        &["--seed", "--out-dir", "--data", "--steps", "--ais-steps", "--leapfrog", "--chains", "--test", "--cells"],
+    )?;
     let o = options(&args)?;
     // Everything that can be refused is refused before any work.
     let data: PathBuf = arg(&args, "--data", PathBuf::from("data/mnist10k"))?;
@@ -322,8 +327,14 @@ fn run() -> Res<()> {
 
     let t = Instant::now();
     let mut rows = Vec::new();
-    for cfg in &o.cells {
-        println!("{}: training", cfg.name());
+    for (k, cfg) in o.cells.iter().enumerate() {
+        println!(
+            "cell {}/{}: {} ({:.0} s so far)",
+            k + 1,
+            o.cells.len(),
+            cfg.name(),
+            t.elapsed().as_secs_f64()
+        );
         rows.push(run_cell(&gpu, &o, cfg, &mnist.train, &test)?);
     }
     let mut csv =

@@ -25,6 +25,24 @@ pub fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Res
     }
 }
 
+/// Refuses options the example does not know — a mistyped one would otherwise be ignored —
+/// and answers `--help`/`-h` with `usage`. `valued` lists the options that take a value.
+pub fn check_options(args: &[String], usage: &str, valued: &[&str]) -> Res<()> {
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--help" | "-h" => {
+                println!("{usage}");
+                std::process::exit(0);
+            }
+            "--quick" => i += 1,
+            a if valued.contains(&a) => i += 2,
+            a => return Err(format!("unknown option {a:?}; usage:\n{usage}").into()),
+        }
+    }
+    Ok(())
+}
+
 /// Runs an example's body; an error becomes a message and exit status 1.
 pub fn main_of(name: &str, run: fn() -> Res<()>) -> std::process::ExitCode {
     match run() {
