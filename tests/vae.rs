@@ -5,6 +5,7 @@
 
 use std::sync::OnceLock;
 
+use wmvl::backend::Backend;
 use wmvl::gpu::Gpu;
 use wmvl::manifold::{sphere_chart_form, Manifold};
 use wmvl::model::{Arch, EnergyKind, HostParams, Init, Model};
@@ -371,4 +372,56 @@ fn every_vae_variant_learns_and_resumes_exactly_from_its_checkpoint() {
         }
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bernoulli_likelihood_and_priors_match_their_formulas_in_f64() {
+    use wmvl::cpu::Cpu;
+    use wmvl::vae::{bernoulli_log_lik, log_prior, Latent};
+    let mut rng = HostRng::new(21);
+    let (rows, p) = (5, 7);
+    let x: Vec<f64> = (0..rows * p)
+        .map(|_| (rng.uniform() < 0.4) as u8 as f64)
+        .collect();
+    let l: Vec<f64> = (0..rows * p).map(|_| 4.0 * rng.normal()).collect();
+    let tape = Tape::new(Cpu);
+    let xv = tape.leaf(Cpu.upload_host(rows, p, &x).unwrap());
+    let lv = tape.leaf(Cpu.upload_host(rows, p, &l).unwrap());
+    let got = Cpu
+        .to_host(&bernoulli_log_lik(xv, lv).unwrap().value())
+        .unwrap();
+    for r in 0..rows {
+        // log σ(l) for x = 1, log(1 − σ(l)) for x = 0.
+        let want: f64 = (0..p)
+            .map(|j| {
+                let (xi, li) = (x[r * p + j], l[r * p + j]);
+                let s = 1.0 / (1.0 + (-li).exp());
+                xi * s.ln() + (1.0 - xi) * (1.0 - s).ln()
+            })
+            .sum();
+        assert!(
+            (got[r] - want).abs() < 1e-9 * want.abs().max(1.0),
+            "{} vs {want}",
+            got[r]
+        );
+    }
+    let z: Vec<f64> = (0..rows * 3).map(|_| rng.normal()).collect();
+    let zv = tape.leaf(Cpu.upload_host(rows, 3, &z).unwrap());
+    let lp = Cpu
+        .to_host(&log_prior(Latent::Euclidean, zv).unwrap().value())
+        .unwrap();
+    for r in 0..rows {
+        let sq: f64 = z[r * 3..r * 3 + 3].iter().map(|v| v * v).sum();
+        let want = -0.5 * sq - 1.5 * std::f64::consts::TAU.ln();
+        assert!((lp[r] - want).abs() < 1e-6, "{} vs {want}", lp[r]);
+    }
+    // Uniform on S²: 1/(4π).
+    let ls = Cpu
+        .to_host(&log_prior(Latent::Sphere, zv).unwrap().value())
+        .unwrap();
+    let want = -(4.0 * std::f64::consts::PI).ln();
+    assert!(
+        ls.iter().all(|v| (v - want).abs() < 1e-6),
+        "{ls:?} vs {want}"
+    );
 }

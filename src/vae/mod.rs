@@ -107,17 +107,16 @@ pub fn bernoulli_log_lik<'t, B: Backend>(x: Var<'t, B>, logits: Var<'t, B>) -> R
     x.rowdot(logits)?.sub(logits.softplus()?.sum(Axis::Cols)?)
 }
 
-/// log p(z) of the prior (rows, 1), up to nothing: N(0, I) in R^n, uniform on the sphere.
+/// log p(z) of the prior (rows, 1), normalised: N(0, I) in R^n, uniform on S^(n−1) ⊂ R^n.
 pub fn log_prior<'t, B: Backend>(latent: Latent, z: Var<'t, B>) -> Result<Var<'t, B>> {
     let (rows, n) = z.shape();
     match latent {
         Latent::Euclidean => z
             .rowdot(z)?
             .affine(-0.5, -0.5 * n as f32 * (std::f32::consts::TAU).ln()),
-        Latent::Sphere => {
-            z.tape()
-                .full(rows, 1, -crate::directional::log_sphere_area(n - 1) as f32)
-        }
+        Latent::Sphere => z
+            .tape()
+            .full(rows, 1, -crate::directional::log_sphere_area(n) as f32),
     }
 }
 
