@@ -14,7 +14,8 @@
 //! towards 65 % acceptance. For latents on the sphere S^(m−1) (uniform prior) the transition
 //! is Riemannian Langevin with a Metropolis–Hastings correction (MALA): the step of
 //! [`crate::langevin`] in stereographic charts, its acceptance ratio taken between densities
-//! on the sphere so that a move into the other hemisphere's chart is scored correctly.
+//! on the sphere so that a move into the other hemisphere's chart is scored correctly. Each
+//! transition makes `leapfrog` such moves, the gradient budget of an HMC transition.
 //!
 //! Rows are independent chains: the caller lays them out (e.g. row = chain·n_data + i) and
 //! its [`LogLikelihood`] knows which data point each row belongs to; [`log_marginal`] then
@@ -49,7 +50,8 @@ pub enum LatentPrior {
 pub struct AisConfig {
     /// Number of intermediate distributions T (transitions).
     pub steps: usize,
-    /// Leapfrog steps per HMC transition (Euclidean latents only).
+    /// Gradient evaluations per transition: leapfrog steps of HMC (Euclidean latents), or
+    /// Riemannian MALA moves at the same β (sphere), so that both spend the same budget.
     pub leapfrog: usize,
     /// Initial step size: the HMC leapfrog step, or the Langevin ε₀ on the sphere (proposal
     /// noise variance 2ε₀·g⁻¹). Adapted after every transition.
@@ -131,6 +133,7 @@ pub fn ais<B: RandomFill + Copy>(
         log_w: vec![0.0; rows],
         eps: cfg.step_size,
         accept_sum: 0.0,
+        decisions: 0,
         uniforms: &mut uniforms,
     };
     let z = match prior {
@@ -149,7 +152,9 @@ pub fn ais<B: RandomFill + Copy>(
             let u = Uniform::on_sphere(dim - 1)?;
             let mut z: Vec<f64> = (0..rows).flat_map(|_| u.sample_one(&mut start)).collect();
             for t in 1..=cfg.steps {
-                run.mala(&mut z, &betas, t)?;
+                for k in 0..cfg.leapfrog {
+                    run.mala(&mut z, &betas, t, k)?;
+                }
                 if let Some(p) = progress.as_mut() {
                     p(t, cfg.steps);
                 }
@@ -161,7 +166,7 @@ pub fn ais<B: RandomFill + Copy>(
         log_w: run.log_w,
         z,
         step_size: run.eps,
-        mean_accept: run.accept_sum / cfg.steps as f64,
+        mean_accept: run.accept_sum / run.decisions.max(1) as f64,
     })
 }
 
@@ -266,6 +271,8 @@ struct Run<'a, B: Backend> {
     log_w: Vec<f64>,
     eps: f64,
     accept_sum: f64,
+    /// Accept/reject rounds so far (one per HMC transition, `leapfrog` per sphere one).
+    decisions: usize,
     uniforms: &'a mut HostRng,
 }
 
@@ -307,6 +314,7 @@ impl<B: RandomFill + Copy> Run<'_, B> {
             .collect();
         mean /= self.rows as f64;
         self.accept_sum += mean;
+        self.decisions += 1;
         self.eps *= if mean > self.cfg.target_accept {
             1.02
         } else {
@@ -369,8 +377,8 @@ impl<B: RandomFill + Copy> Run<'_, B> {
         self.backend.upload_host(self.rows, d, &z)
     }
 
-    /// One MALA transition at β_t of the unit vectors z (rows × dim, host), after adding z's
-    /// weight increment. The proposal is the Riemannian Langevin step towards π_t (s = 1, no
+    /// Move k of a MALA transition at β_t of the unit vectors z (rows × dim, host); move 0
+    /// first adds z's weight increment. The proposal is the Riemannian Langevin step towards π_t (s = 1, no
     /// rescaling) in each row's own stereographic chart, chosen on the host in f64 so that
     /// the chart point lies in the unit ball, where the metric is well conditioned.
     ///
@@ -382,21 +390,25 @@ impl<B: RandomFill + Copy> Run<'_, B> {
     /// one on the sphere by dividing by √det g = ν^(−n/2), ν = g⁻¹.
     ///
     /// [`Step::mh_log_alpha`]: crate::langevin::Step::mh_log_alpha
-    fn mala(&mut self, z: &mut [f64], betas: &[f64], t: usize) -> Result<()> {
+    fn mala(&mut self, z: &mut [f64], betas: &[f64], t: usize, k: usize) -> Result<()> {
         let sphere = Manifold::Sphere;
         let (rows, d, n) = (self.rows, self.dim, self.dim - 1);
         let (beta, eps) = (betas[t], self.eps);
         let tape = Tape::new(self.backend);
         let zt = tape.leaf(self.backend.upload_host(rows, d, z)?);
         let ll0 = log_lik_of(self.model, zt)?;
-        self.accumulate(ll0, betas, t)?;
+        if k == 0 {
+            self.accumulate(ll0, betas, t)?;
+        }
         let ll0 = self.backend.to_host(&ll0.value())?;
         let mut form = Vec::with_capacity(rows * d);
         for r in 0..rows {
             form.extend(sphere.to_chart(&z[r * d..(r + 1) * d])?);
         }
         let form_t = tape.leaf(self.backend.upload_host(rows, d, &form)?);
-        let noise = tape.random(rows, n, Dist::STANDARD_NORMAL, self.cfg.seed, t as u64)?;
+        // Stream t·L + k: a fresh draw for every move of every transition.
+        let stream = (t * self.cfg.leapfrog + k) as u64;
+        let noise = tape.random(rows, n, Dist::STANDARD_NORMAL, self.cfg.seed, stream)?;
         let energy = Tempered {
             model: self.model,
             beta: beta as f32,
