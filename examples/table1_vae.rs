@@ -5,14 +5,17 @@
 //!
 //! cargo run --release --example table1_vae -- [--quick] [--seed 0] [--out-dir wmvl-out/table1]
 //!     [--data data/mnist10k] [--steps N] [--ais-steps T] [--leapfrog L] [--chains K]
-//!     [--test N] [--cells implicit-sphere-32,…]
+//!     [--test N] [--cells implicit-sphere-32,…] [--seeds K]
 //!
 //! Full mode: the paper's settings — 100 000 steps of batch 128 per cell, AIS with 1 000
 //! intermediate distributions (HMC with 10 leapfrog steps for Euclidean latents, Riemannian
 //! Langevin with a Metropolis correction for spherical ones), 16 chains on each of the 1 000
 //! test digits; a GPU job. Each cell is checkpointed every 1 000 steps to
 //! OUT/CELL.safetensors and a rerun continues from there (a finished cell is not retrained).
-//! Writes table1.csv, and per cell CELL-samples.png and CELL-reconstructions.png.
+//! Writes table1.csv (one row per training run), and per run CELL-samples.png and
+//! CELL-reconstructions.png. `--seeds K` trains every cell with seeds --seed … --seed + K − 1
+//! (files CELL-seedS…) and the printed table gives the mean NLL ± its spread over the runs,
+//! as the paper's ± over 10 runs; with one run, ± is the AIS estimate's SE over test digits.
 //! `--quick` (CI): 60 steps per cell, AIS with 100 distributions (2 leapfrog steps) and 2
 //! chains on 32 digits;
 //! it fails unless every cell's loss on held-out digits improved and every NLL is finite and
@@ -54,19 +57,25 @@ struct Opts {
     leapfrog: usize,
     chains: usize,
     test_n: usize,
+    /// Training runs per cell (seeds --seed, --seed + 1, …): the spread the paper reports.
+    seeds: usize,
+    /// One entry per cell and seed.
     cells: Vec<VaeConfig>,
 }
 
 fn options(args: &[String]) -> Res<Opts> {
     let quick = args.iter().any(|a| a == "--quick");
     let seed = arg(args, "--seed", 0u64)?;
+    let seeds = arg(args, "--seeds", 1usize)?;
     let mut cells = Vec::new();
     for posterior in [Posterior::Explicit, Posterior::Implicit] {
         for nz in [8, 32] {
             for latent in [Latent::Euclidean, Latent::Sphere] {
-                let mut c = VaeConfig::paper(nz, latent, posterior);
-                c.seed = seed;
-                cells.push(c);
+                for s in 0..seeds as u64 {
+                    let mut c = VaeConfig::paper(nz, latent, posterior);
+                    c.seed = seed + s;
+                    cells.push(c);
+                }
             }
         }
     }
@@ -77,7 +86,8 @@ fn options(args: &[String]) -> Res<Opts> {
             .iter()
             .find(|n| !cells.iter().any(|c| c.name() == **n))
         {
-            let all: Vec<String> = cells.iter().map(|c| c.name()).collect();
+            let mut all: Vec<String> = cells.iter().map(|c| c.name()).collect();
+            all.dedup();
             return Err(format!("unknown cell {bad:?}; the cells are {}", all.join(", ")).into());
         }
         cells.retain(|c| names.contains(&c.name().as_str()));
@@ -96,7 +106,11 @@ fn options(args: &[String]) -> Res<Opts> {
         chains: arg(args, "--chains", chains)?,
         test_n: arg(args, "--test", test_n)?,
         cells,
+        seeds,
     };
+    if seeds == 0 {
+        return Err("--seeds must be at least 1".into());
+    }
     if o.steps == 0 || o.ais_steps == 0 || o.leapfrog == 0 || o.chains == 0 || o.test_n == 0 {
         return Err(
             "--steps, --ais-steps, --leapfrog, --chains and --test must be positive".into(),
@@ -120,6 +134,7 @@ fn batch(gpu: &Gpu, train: &Images, b: usize, seed: u64, step: usize) -> Res<wmv
 
 struct Row {
     name: String,
+    seed: u64,
     steps: usize,
     train_s: f64,
     before: f64,
@@ -130,7 +145,12 @@ struct Row {
 }
 
 fn run_cell(gpu: &Gpu, o: &Opts, cfg: &VaeConfig, train: &Images, test: &[f32]) -> Res<Row> {
-    let name = cfg.name();
+    // Files of one training run: the cell's name, and its seed when there are several.
+    let name = if o.seeds > 1 {
+        format!("{}-seed{}", cfg.name(), cfg.seed)
+    } else {
+        cfg.name()
+    };
     let ck = o.out_dir.join(format!("{name}.safetensors"));
     let mut vae = if ck.exists() {
         let (v, _) = Vae::load(gpu, &ck)?;
@@ -273,7 +293,8 @@ fn run_cell(gpu: &Gpu, o: &Opts, cfg: &VaeConfig, train: &Images, test: &[f32]) 
         &format!("{name}: test digits (top) and reconstructions (bottom)"),
     )?;
     Ok(Row {
-        name,
+        name: cfg.name(),
+        seed: cfg.seed,
         steps: vae.steps_done,
         train_s,
         before,
@@ -288,8 +309,8 @@ fn run() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     common::check_options(
         &args,
-        "cargo run --release --example table1_vae -- [--quick] [--seed 0] [--out-dir wmvl-out/table1]\n    [--data data/mnist10k] [--steps 100000] [--ais-steps 1000] [--leapfrog 10] [--chains 16]\n    [--test 1000] [--cells implicit-sphere-32,...]",
-        &["--seed", "--out-dir", "--data", "--steps", "--ais-steps", "--leapfrog", "--chains", "--test", "--cells"],
+        "cargo run --release --example table1_vae -- [--quick] [--seed 0] [--out-dir wmvl-out/table1]\n    [--data data/mnist10k] [--steps 100000] [--ais-steps 1000] [--leapfrog 10] [--chains 16]\n    [--test 1000] [--cells implicit-sphere-32,...] [--seeds 1]",
+        &["--seed", "--seeds", "--out-dir", "--data", "--steps", "--ais-steps", "--leapfrog", "--chains", "--test", "--cells"],
     )?;
     let o = options(&args)?;
     // Everything that can be refused is refused before any work.
@@ -329,19 +350,17 @@ fn run() -> Res<()> {
     let mut rows = Vec::new();
     for (k, cfg) in o.cells.iter().enumerate() {
         println!(
-            "cell {}/{}: {} ({:.0} s so far)",
+            "run {}/{}: {} seed {} ({:.0} s so far)",
             k + 1,
             o.cells.len(),
             cfg.name(),
+            cfg.seed,
             t.elapsed().as_secs_f64()
         );
         rows.push(run_cell(&gpu, &o, cfg, &mnist.train, &test)?);
     }
-    let mut csv =
-        String::from("cell,steps,nll,se,paper_nll,held_out_before,held_out_after,train_s,ais_s\n");
-    println!(
-        "\n{:<24} {:>8} {:>16} {:>8} {:>22}",
-        "cell", "steps", "NLL (nats) ± SE", "paper", "held-out loss before→after"
+    let mut csv = String::from(
+        "cell,seed,steps,nll,se,paper_nll,held_out_before,held_out_after,train_s,ais_s\n",
     );
     for row in &rows {
         let paper = PAPER
@@ -349,13 +368,10 @@ fn run() -> Res<()> {
             .find(|(n, _)| *n == row.name)
             .map(|p| p.1)
             .unwrap_or(f64::NAN);
-        println!(
-            "{:<24} {:>8} {:>9.2} ± {:<5.2} {:>8.2} {:>12.1} → {:.1}",
-            row.name, row.steps, row.nll, row.se, paper, row.before, row.after
-        );
         csv.push_str(&format!(
-            "{},{},{:.4},{:.4},{},{:.4},{:.4},{:.1},{:.1}\n",
+            "{},{},{},{:.4},{:.4},{},{:.4},{:.4},{:.1},{:.1}\n",
             row.name,
+            row.seed,
             row.steps,
             row.nll,
             row.se,
@@ -365,6 +381,45 @@ fn run() -> Res<()> {
             row.train_s,
             row.ais_s
         ));
+    }
+    // One line per cell: with several seeds, the mean NLL ± the spread over runs (the
+    // paper's ±); with one, the AIS estimate ± its standard error over test digits.
+    let spread = if o.seeds > 1 { "sd over runs" } else { "SE" };
+    println!(
+        "\n{:<24} {:>6} {:>24} {:>8} {:>22}",
+        "cell",
+        "runs",
+        format!("NLL (nats) ± {spread}"),
+        "paper",
+        "held-out loss before→after"
+    );
+    let mut names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
+    names.dedup();
+    for name in &names {
+        let mine: Vec<&Row> = rows.iter().filter(|r| &r.name == name).collect();
+        let k = mine.len() as f64;
+        let mean = |f: &dyn Fn(&Row) -> f64| mine.iter().map(|r| f(r)).sum::<f64>() / k;
+        let nll = mean(&|r| r.nll);
+        let pm = if mine.len() > 1 {
+            (mine.iter().map(|r| (r.nll - nll).powi(2)).sum::<f64>() / (k - 1.0)).sqrt()
+        } else {
+            mine[0].se
+        };
+        let paper = PAPER
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|p| p.1)
+            .unwrap_or(f64::NAN);
+        println!(
+            "{:<24} {:>6} {:>15.2} ± {:<6.2} {:>8.2} {:>12.1} → {:.1}",
+            name,
+            mine.len(),
+            nll,
+            pm,
+            paper,
+            mean(&|r| r.before),
+            mean(&|r| r.after)
+        );
     }
     wmvl::fsutil::write_atomic(&csv_path, csv.as_bytes())?;
     println!(
