@@ -41,16 +41,9 @@ fn mollweide_inverse(x: f64, y: f64) -> Option<[f64; 3]> {
 
 fn run() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    common::check_options(
-        &args,
-        "cargo run --release --example fig4_sphere -- [--quick] [--seed 0] [--out-dir wmvl-out/fig4]\n    [--n 50000] [--batch 50000] [--steps 3000] [--eps 1e-5] [--lr 5e-4]",
-        &["--seed", "--out-dir", "--n", "--batch", "--steps", "--eps", "--lr"],
-    )?;
-    let quick = args.iter().any(|a| a == "--quick");
-    let seed: u64 = arg(&args, "--seed", 0)?;
-    let out_dir: PathBuf = arg(&args, "--out-dir", PathBuf::from("wmvl-out/fig4"))?;
-    std::fs::create_dir_all(&out_dir)?;
+    // First: options are checked before anything is created.
     let run = common::SphereRun::from_args(
+        "fig4_sphere",
         &args,
         common::SphereRun {
             n: 3_000,
@@ -60,6 +53,10 @@ fn run() -> Res<()> {
             lr: 3e-3,
         },
     )?;
+    let quick = args.iter().any(|a| a == "--quick");
+    let seed: u64 = arg(&args, "--seed", 0)?;
+    let out_dir: PathBuf = arg(&args, "--out-dir", PathBuf::from("wmvl-out/fig4"))?;
+    std::fs::create_dir_all(&out_dir)?;
     let (n, eps) = (run.n, run.eps);
 
     let gpu = Gpu::new()?;

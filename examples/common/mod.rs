@@ -56,7 +56,9 @@ pub fn main_of(name: &str, run: fn() -> Res<()>) -> std::process::ExitCode {
 
 /// The sizes of a sphere figure's training run: `full` is the paper's setting (SPEC §9: 50 000
 /// samples in full batch, ε₀ = 1e-5, RMSProp lr 5e-4, 3 000 iterations), `quick` the CI one;
-/// `--n`, `--batch`, `--steps`, `--eps` and `--lr` override either.
+/// `--n`, `--batch`, `--steps`, `--eps` and `--lr` override either. The options of a sphere
+/// figure `example` are checked here too (with `--seed` and `--out-dir`), so that both
+/// figures list and refuse the same ones.
 #[derive(Clone, Copy, Debug)]
 pub struct SphereRun {
     pub n: usize,
@@ -67,7 +69,14 @@ pub struct SphereRun {
 }
 
 impl SphereRun {
-    pub fn from_args(args: &[String], quick: SphereRun) -> Res<SphereRun> {
+    pub fn from_args(example: &str, args: &[String], quick: SphereRun) -> Res<SphereRun> {
+        check_options(
+            args,
+            &format!(
+                "cargo run --release --example {example} -- [--quick] [--seed 0] [--out-dir DIR]\n    [--n 50000] [--batch 50000] [--steps 3000] [--eps 1e-5] [--lr 5e-4]"
+            ),
+            &["--seed", "--out-dir", "--n", "--batch", "--steps", "--eps", "--lr"],
+        )?;
         let full = SphereRun {
             n: 50_000,
             batch: 50_000,
