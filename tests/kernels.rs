@@ -752,6 +752,38 @@ fn oversized_allocation_is_out_of_memory() {
     assert_eq!(g.read(&t).unwrap(), vec![7.0; 4]);
 }
 
+/// The pool rounds requests up to powers of two, but an adapter's largest binding need not be
+/// one (2047 MiB on an H100): a request just under such a limit used to round past it and be
+/// refused, which sent the fused step's largest sub-batch to the tape there.
+#[test]
+fn every_request_up_to_the_binding_limit_is_served() {
+    use wmvl::gpu::pool::size_class;
+    let mut r = rng(41);
+    for limit in [2047u64 << 20, 128 << 20, 1000, 4096, (1 << 31) - 4] {
+        for bytes in [1, 16, 17, limit / 2 + 1, limit - 4, limit]
+            .into_iter()
+            .chain((0..200).map(|_| r.next_u64() % limit + 1))
+        {
+            let c =
+                size_class(bytes, limit).unwrap_or_else(|| panic!("{bytes} of {limit} refused"));
+            assert!(c >= bytes && c <= limit, "{bytes} of {limit}: class {c}");
+            assert!(
+                c.is_power_of_two() || c == limit,
+                "{bytes} of {limit}: class {c}"
+            );
+            assert_eq!(c % 4, 0);
+        }
+        assert_eq!(size_class(limit + 1, limit), None);
+    }
+    // On this adapter: a tensor of exactly the largest binding is served.
+    let g = gpu();
+    let cols = 1024;
+    let rows = (g.max_tensor_bytes() / (4 * cols as u64)) as usize;
+    let t = g.full(rows, cols, 0.5).unwrap();
+    let v = g.read(&t).unwrap();
+    assert_eq!((v.len(), v[0], v[rows * cols - 1]), (rows * cols, 0.5, 0.5));
+}
+
 /// Its own `Gpu`: `allocated_bytes` counts the whole device, and the other tests
 /// allocate concurrently on the shared one.
 #[test]

@@ -245,14 +245,6 @@ fn plan_for(
     )
 }
 
-/// Largest storage buffer the adapter binds at once, in bytes.
-fn max_binding(gpu: &Gpu) -> u64 {
-    let limits = &gpu.report().limits;
-    limits
-        .max_storage_buffer_binding_size
-        .min(limits.max_buffer_size)
-}
-
 /// Make the model's parameters one packed buffer (W₁, b₁, W₂, … at [`Gpu::packed_layout`]
 /// offsets from element 0), copying them there if they are not; returns the whole buffer.
 fn pack_params(gpu: &Gpu, model: &mut Model<&Gpu>) -> Result<(Tensor, Vec<usize>, usize)> {
@@ -332,7 +324,7 @@ impl<'g> FusedMvl<'g> {
         }
         let (theta, offsets, total) = pack_params(gpu, model)?;
         let plan = plan_for(gpu, &arch, sub, (&offsets, total))?;
-        let max_binding = max_binding(gpu);
+        let max_binding = gpu.max_tensor_bytes();
         if 4 * plan.ws_len as u64 > max_binding {
             return Err(Error::OutOfMemory(format!(
                 "the fused step needs a {} MiB workspace for (sub-)batches of {sub} rows and hidden widths {:?}, more than this adapter binds at once ({} MiB) (or use --path tape)",
@@ -401,7 +393,7 @@ impl<'g> FusedMvl<'g> {
             .flat_map(|&(fi, fo)| [(fi, fo), (1, fo)])
             .collect();
         let (offsets, total) = gpu.packed_layout(&shapes);
-        let max = max_binding(gpu);
+        let max = gpu.max_tensor_bytes();
         let mut b = want.max(1).next_power_of_two();
         while b >= 64 {
             let fits =

@@ -1,6 +1,7 @@
 //! GPU memory: pooled buffers and the tensors that view them.
 //!
-//! Buffers come in power-of-two size classes and go back to the pool when the last tensor
+//! Buffers come in power-of-two size classes (capped at the adapter's largest binding, which
+//! need not be a power of two: 2047 MiB on an H100) and go back to the pool when the last tensor
 //! using them is dropped, so a training loop allocates nothing after its first step. A
 //! tensor is a (rows, cols) window at some offset of a buffer: usually a buffer of its own,
 //! but several tensors can share one (see [`super::Gpu::packed_layout`]), which is how model
@@ -155,20 +156,32 @@ impl Index {
     }
 }
 
+/// The pool's size class for a request of `bytes` under an adapter whose largest storage
+/// buffer is `limit` bytes: the next power of two, capped at the limit (rounded down to 4
+/// bytes), so that every request up to the limit is served; `None` above it.
+pub fn size_class(bytes: u64, limit: u64) -> Option<u64> {
+    let limit = limit & !3;
+    (bytes <= limit).then(|| bytes.max(16).next_power_of_two().min(limit))
+}
+
 impl Gpu {
+    /// The largest tensor, in bytes, this adapter binds at once (what [`Gpu::alloc`] serves).
+    pub fn max_tensor_bytes(&self) -> u64 {
+        let limits = &self.report.limits;
+        limits
+            .max_buffer_size
+            .min(limits.max_storage_buffer_binding_size)
+            & !3
+    }
+
     /// A buffer of at least `bytes` from the pool, or a new one.
     pub(crate) fn alloc(&self, bytes: u64) -> Result<Arc<PooledBuffer>> {
-        let size = bytes.max(16).next_power_of_two();
-        let limit = self
-            .report
-            .limits
-            .max_buffer_size
-            .min(self.report.limits.max_storage_buffer_binding_size);
-        if size > limit {
+        let limit = self.max_tensor_bytes();
+        let Some(size) = size_class(bytes, limit) else {
             return Err(Error::OutOfMemory(format!(
                 "a tensor of {bytes} bytes exceeds this adapter's largest storage buffer ({limit} bytes)"
             )));
-        }
+        };
         let mut pool = self
             .pool
             .lock()
