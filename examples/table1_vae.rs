@@ -5,15 +5,19 @@
 //!
 //! cargo run --release --example table1_vae -- [--quick] [--seed 0] [--out-dir wmvl-out/table1]
 //!     [--data data/mnist10k] [--steps N] [--ais-steps T] [--leapfrog L] [--chains K]
-//!     [--test N] [--cells implicit-sphere-32,…] [--seeds K]
+//!     [--test N] [--cells implicit-sphere-32,…] [--seeds K] [--train-seconds S]
 //!
 //! Full mode: the paper's settings — 100 000 steps of batch 128 per cell, AIS with 1 000
 //! intermediate distributions (HMC with 10 leapfrog steps for Euclidean latents, Riemannian
 //! Langevin with a Metropolis correction for spherical ones), 16 chains on each of the 1 000
 //! test digits; a GPU job. Each cell is checkpointed every 1 000 steps to
 //! OUT/CELL.safetensors and a rerun continues from there (a finished cell is not retrained).
-//! Writes table1.csv (one row per training run), and per run CELL-samples.png and
-//! CELL-reconstructions.png. `--seeds K` trains every cell with seeds --seed … --seed + K − 1
+//! `--train-seconds S` stops a cell's training after S seconds (checkpointed), evaluates it
+//! and reports the steps it reached: a time-boxed GPU lease gives a table, and a later run
+//! with the same --out-dir goes on from the checkpoints.
+//! Writes table1.csv (one row per training run), and per run CELL-samples.png,
+//! CELL-reconstructions.png and CELL-nll.csv (each test digit's NLL estimate, for paired
+//! comparisons between cells). `--seeds K` trains every cell with seeds --seed … --seed + K − 1
 //! (files CELL-seedS…) and the printed table gives the mean NLL ± its spread over the runs,
 //! as the paper's ± over 10 runs; with one run, ± is the AIS estimate's SE over test digits.
 //! `--quick` (CI): 60 steps per cell, AIS with 100 distributions (2 leapfrog steps) and 2
@@ -61,6 +65,8 @@ struct Opts {
     seeds: usize,
     /// One entry per cell and seed.
     cells: Vec<VaeConfig>,
+    /// Training time per cell and run, in seconds (the rest waits for a rerun).
+    train_seconds: f64,
 }
 
 fn options(args: &[String]) -> Res<Opts> {
@@ -107,7 +113,11 @@ fn options(args: &[String]) -> Res<Opts> {
         test_n: arg(args, "--test", test_n)?,
         cells,
         seeds,
+        train_seconds: arg(args, "--train-seconds", f64::INFINITY)?,
     };
+    if o.train_seconds.is_nan() || o.train_seconds < 0.0 {
+        return Err("--train-seconds must be zero or more".into());
+    }
     if seeds == 0 {
         return Err("--seeds must be at least 1".into());
     }
@@ -183,6 +193,17 @@ fn run_cell(gpu: &Gpu, o: &Opts, cfg: &VaeConfig, train: &Images, test: &[f32]) 
     let start = vae.steps_done;
     let log_every = (o.steps / 10).clamp(1, 1000);
     while vae.steps_done < o.steps {
+        if t.elapsed().as_secs_f64() >= o.train_seconds {
+            vae.save(&ck, &[])?;
+            println!(
+                "  {name}: --train-seconds {} reached at step {} of {}; checkpointed to {}",
+                o.train_seconds,
+                vae.steps_done,
+                o.steps,
+                ck.display()
+            );
+            break;
+        }
         let x = batch(gpu, train, cfg.batch, cfg.seed, vae.steps_done)?;
         let stats = vae.record_step(&x)?;
         let done = vae.steps_done;
@@ -268,6 +289,16 @@ fn run_cell(gpu: &Gpu, o: &Opts, cfg: &VaeConfig, train: &Images, test: &[f32]) 
     let mean = nll.iter().sum::<f64>() / n_test as f64;
     let var = nll.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n_test.max(2) - 1) as f64;
     let ais_s = t.elapsed().as_secs_f64();
+    // Per-digit estimates: cells evaluated on the same digits compare pairwise (the SE of a
+    // difference between two cells is far below either cell's SE over digits).
+    let mut per_digit = String::from("digit,nll\n");
+    for (i, v) in nll.iter().enumerate() {
+        per_digit.push_str(&format!("{i},{v:.4}\n"));
+    }
+    wmvl::fsutil::write_atomic(
+        &o.out_dir.join(format!("{name}-nll.csv")),
+        per_digit.as_bytes(),
+    )?;
 
     // Figures: 64 decoded prior samples; 16 test digits above their reconstructions.
     let z = vae.prior_samples(64)?;
@@ -309,8 +340,8 @@ fn run() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     common::check_options(
         &args,
-        "cargo run --release --example table1_vae -- [--quick] [--seed 0] [--out-dir wmvl-out/table1]\n    [--data data/mnist10k] [--steps 100000] [--ais-steps 1000] [--leapfrog 10] [--chains 16]\n    [--test 1000] [--cells implicit-sphere-32,...] [--seeds 1]",
-        &["--seed", "--seeds", "--out-dir", "--data", "--steps", "--ais-steps", "--leapfrog", "--chains", "--test", "--cells"],
+        "cargo run --release --example table1_vae -- [--quick] [--seed 0] [--out-dir wmvl-out/table1]\n    [--data data/mnist10k] [--steps 100000] [--ais-steps 1000] [--leapfrog 10] [--chains 16]\n    [--test 1000] [--cells implicit-sphere-32,...] [--seeds 1] [--train-seconds S]",
+        &["--seed", "--seeds", "--out-dir", "--data", "--steps", "--ais-steps", "--leapfrog", "--chains", "--test", "--cells", "--train-seconds"],
     )?;
     let o = options(&args)?;
     // Everything that can be refused is refused before any work.
@@ -386,9 +417,10 @@ fn run() -> Res<()> {
     // paper's ±); with one, the AIS estimate ± its standard error over test digits.
     let spread = if o.seeds > 1 { "sd over runs" } else { "SE" };
     println!(
-        "\n{:<24} {:>6} {:>24} {:>8} {:>22}",
+        "\n{:<24} {:>6} {:>8} {:>24} {:>8} {:>22}",
         "cell",
         "runs",
+        "steps",
         format!("NLL (nats) ± {spread}"),
         "paper",
         "held-out loss before→after"
@@ -411,9 +443,10 @@ fn run() -> Res<()> {
             .map(|p| p.1)
             .unwrap_or(f64::NAN);
         println!(
-            "{:<24} {:>6} {:>15.2} ± {:<6.2} {:>8.2} {:>12.1} → {:.1}",
+            "{:<24} {:>6} {:>8.0} {:>15.2} ± {:<6.2} {:>8.2} {:>12.1} → {:.1}",
             name,
             mine.len(),
+            mean(&|r| r.steps as f64),
             nll,
             pm,
             paper,

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# One device call, after scripts/gpu_pack.sh (shared/gpu/README.md's recipe): the SPEC §10
+# step beside the peers (alone on the GPU), the fused step's profile, then Table 1's eight
+# cells as eight processes, training until TRAIN_END s into the call and evaluated by AIS (4
+# chains on the sphere, whose host-side MALA is slower), with the GPU test suites beside
+# them. Everything lands in $OUT (at most 8 files, 16 MiB each) before KILL s; run it with
+# timeout_s ≥ KILL + 60. BENCH_S, TEST (test digits), TEST_S (per suite) and T1_EXTRA
+# (more table1_vae options) size it; DRY=1 rehearses on this machine (lavapipe).
+set -u
+S=$SECONDS
+el() { echo $((SECONDS - S)); }
+log() { echo "[$(el) s] $*"; }
+cd "$(dirname "$0")/.."
+W=/tmp/wmvl-session
+rm -rf $W
+mkdir -p $W/res $W/t1
+if [ -z "${DRY:-}" ]; then  # DRY=1: a rehearsal on the development machine (lavapipe)
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    [ -f "$VK_DRIVER_FILES" ] || export VK_DRIVER_FILES=$(find / -name 'nvidia_icd*.json' 2>/dev/null | head -1)
+    log "VK_DRIVER_FILES=$VK_DRIVER_FILES"
+fi
+tar xJf .gpu/bin.tar.xz -C $W
+B=$W/bin
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > $W/res/nvidia-smi.txt 2>&1
+cat $W/res/nvidia-smi.txt
+timeout 30 $B/wmvl info > $W/res/info.txt 2>&1
+rc=$?; log "info rc=$rc"; head -5 $W/res/info.txt
+
+export PYTHONUNBUFFERED=1
+timeout ${BENCH_S:-150} python3 .gpu/bench.py .gpu --wmvl $B/mvl_step --configs paper,small,large \
+    --jax-k 1,100 --torch eager,graph --out $W/res/bench.md > $W/res/bench.log 2>&1
+rc=$?; log "bench rc=$rc"; cat $W/res/bench.md 2>/dev/null
+timeout 30 $B/mvl_step --config all --path fused --profile > $W/res/profile.txt 2>&1
+rc=$?; log "profile rc=$rc"
+
+# Table 1: one process per cell; training stops at TRAIN_END s, everything is killed at KILL s.
+TRAIN_END=${TRAIN_END:-310}
+KILL=${KILL:-450}
+T=$((TRAIN_END - $(el)))
+[ $T -lt 10 ] && T=10
+log "table1: --train-seconds $T"
+for c in explicit-euclidean-8 explicit-sphere-8 explicit-euclidean-32 explicit-sphere-32 \
+         implicit-euclidean-8 implicit-sphere-8 implicit-euclidean-32 implicit-sphere-32; do
+    chains=16
+    [[ $c == *sphere* ]] && chains=4
+    timeout $((KILL - $(el))) $B/table1_vae --cells $c --train-seconds $T --test ${TEST:-300} --chains $chains \
+        --out-dir $W/t1/$c ${T1_EXTRA:-} > $W/res/t1-$c.log 2>&1 &
+    PIDS="${PIDS:-} $!"
+done
+( for t in fused kernels gradients ais vae; do
+      timeout ${TEST_S:-60} $B/t_$t > $W/res/test-$t.log 2>&1
+      rc=$?
+      echo "[$(el) s] test $t rc=$rc" >> $W/res/tests.txt
+  done ) &
+PIDS="$PIDS $!"
+( while [ $(el) -lt $KILL ]; do
+      echo "$(el) $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)" >> $W/res/util.txt
+      sleep 15
+  done ) &
+UTIL=$!
+wait $PIDS
+kill $UTIL 2>/dev/null
+log "table1 done"
+cat $W/res/tests.txt
+for c in $W/t1/*; do tail -4 $W/res/t1-$(basename $c).log; done
+grep -h "reached at step" $W/res/t1-*.log
+
+# Back to $OUT: results (logs, tables, figures) in one file, checkpoints two cells per file.
+(cd $W && tar czf $OUT/results.tar.gz res $(cd $W && ls t1/*/*.csv t1/*/*.png 2>/dev/null))
+k=0
+for pair in "explicit-euclidean-8 implicit-euclidean-8" "explicit-sphere-8 implicit-sphere-8" \
+            "explicit-euclidean-32 implicit-euclidean-32" "explicit-sphere-32 implicit-sphere-32"; do
+    k=$((k + 1))
+    files=""
+    for c in $pair; do [ -f $W/t1/$c/$c.safetensors ] && files="$files t1/$c/$c.safetensors"; done
+    [ -n "$files" ] && (cd $W && tar cf - $files | gzip -1 > $OUT/ck$k.tar.gz)
+done
+cp $W/res/bench.md $OUT/ 2>/dev/null
+ls -la $OUT
+log "end"
