@@ -845,6 +845,30 @@ fn concurrent_use_from_threads() {
     });
 }
 
+/// Threads recording long chains at once: the push that reaches the automatic flush limit
+/// (8 192 pending dispatches) and that flush are not atomic, so another thread's dispatches
+/// can slip in between; the flush used to take them all and overrun its parameter buffer
+/// (a validation error, found by two WAE tests running side by side). Its own `Gpu`, so that
+/// the other tests' dispatches do not change the timing.
+#[test]
+fn concurrent_recording_past_the_flush_limit() {
+    let g = Gpu::new().unwrap();
+    let g = &g;
+    std::thread::scope(|s| {
+        for t in 0..8u32 {
+            s.spawn(move || {
+                let x = g.upload(1, 4, &[1.0; 4]).unwrap();
+                let mut y = x.clone();
+                for _ in 0..12_000 {
+                    y = g.affine(&y, 1.0, 1.0).unwrap();
+                }
+                let v = g.read(&y).unwrap();
+                assert_eq!(v, vec![12_001.0; 4], "thread {t}");
+            });
+        }
+    });
+}
+
 /// op(A)·op(B) of random (m × k)·(k × n) operands on `g`, for every transpose, against f64.
 fn check_matmul_all_transposes(g: &Gpu, r: &mut Pcg64, m: usize, k: usize, n: usize, what: &str) {
     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {

@@ -582,7 +582,29 @@ impl Gpu {
         Ok(Some(self.submit(Timing::PerDispatch)?.unwrap_or_default()))
     }
 
+    /// Submits the pending list in chunks of at most `MAX_PENDING` dispatches (the size of
+    /// the parameter buffer): another thread may push between a push that reaches the limit
+    /// and the flush it triggers. Times of several chunks add up (`Pass`) or concatenate.
     fn submit(&self, timing: Timing) -> Result<Option<Vec<(String, f64)>>> {
+        let mut out: Option<Vec<(String, f64)>> = None;
+        loop {
+            let (times, more) = self.submit_chunk(timing)?;
+            out = match (out, times) {
+                (Some(mut a), Some(b)) if timing == Timing::PerDispatch => {
+                    a.extend(b);
+                    Some(a)
+                }
+                (Some(a), Some(b)) => Some(vec![("pass".to_string(), a[0].1 + b[0].1)]),
+                (a, b) => a.or(b),
+            };
+            if !more {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Submits up to `MAX_PENDING` pending dispatches; says whether more are pending.
+    fn submit_chunk(&self, timing: Timing) -> Result<(Option<Vec<(String, f64)>>, bool)> {
         // One submit at a time, from taking the list to `queue.submit`: concurrent submits
         // would overwrite each other's parameter blocks (both write offset 0 before either
         // submits), and a thread whose dispatches another thread took must not submit its
@@ -596,11 +618,14 @@ impl Gpu {
                 .pending
                 .lock()
                 .map_err(|_| Error::Gpu("pending list poisoned".into()))?;
-            std::mem::take(&mut *pending)
+            let n = pending.len().min(MAX_PENDING);
+            let chunk: Vec<Dispatch> = pending.drain(..n).collect();
+            (chunk, !pending.is_empty())
         };
+        let (list, more) = list;
         self.check()?;
         if list.is_empty() {
-            return Ok(None);
+            return Ok((None, false));
         }
         // All parameter blocks of this batch go into the one uniform buffer.
         let stride = self.launcher.param_stride as usize;
@@ -687,20 +712,21 @@ impl Gpu {
         self.check()?;
         drop(_submitting);
         let Some(buf) = resolved else {
-            return Ok(None);
+            return Ok((None, more));
         };
         let ticks: Vec<u64> =
             bytemuck::pod_collect_to_vec(&self.map_read(&buf, 0, 8 * queries as u64)?);
         let period = self.queue.get_timestamp_period() as f64 * 1e-9;
         let seconds = |k: usize| ticks[2 * k + 1].saturating_sub(ticks[2 * k]) as f64 * period;
-        Ok(Some(match timing {
+        let times = match timing {
             Timing::PerDispatch => list
                 .iter()
                 .enumerate()
                 .map(|(i, d)| (d.label(), seconds(i)))
                 .collect(),
             _ => vec![("pass".to_string(), seconds(0))],
-        }))
+        };
+        Ok((Some(times), more))
     }
 }
 
