@@ -47,5 +47,6 @@ pub mod tape;
 pub mod train;
 pub mod vae;
 pub mod vmf;
+pub mod wae;
 
 pub use error::{Error, Result};

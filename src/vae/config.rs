@@ -1,9 +1,11 @@
 //! What a VAE is: its latent space, its kind of encoder, its sizes and training settings.
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::manifold::Manifold;
 use crate::model::{Arch, EnergyKind};
 use crate::ops::Fun;
+use crate::tape::Var;
 
 /// Where the latents live (and the prior there).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +30,33 @@ impl Latent {
         match self {
             Latent::Euclidean => "euclidean",
             Latent::Sphere => "sphere",
+        }
+    }
+
+    pub fn manifold(self) -> Manifold {
+        match self {
+            Latent::Sphere => Manifold::Sphere,
+            Latent::Euclidean => Manifold::Euclidean,
+        }
+    }
+
+    /// z̃ = √n_z·z on the sphere (SPEC §7), so that the networks reading latents — energies,
+    /// and, our choice, decoders and discriminators — see inputs of order one, as Euclidean
+    /// latents are; unscaled unit vectors made the spherical decoders learn several times
+    /// slower.
+    pub fn scale(self, nz: usize) -> f32 {
+        match self {
+            Latent::Sphere => (nz as f32).sqrt(),
+            Latent::Euclidean => 1.0,
+        }
+    }
+
+    /// An encoder's output (or normal draws) put on the latent space: rows normalised on the
+    /// sphere, unchanged in R^n.
+    pub fn project<'t, B: Backend>(self, z: Var<'t, B>) -> Result<Var<'t, B>> {
+        match self {
+            Latent::Sphere => super::normalize_rows(z),
+            Latent::Euclidean => Ok(z),
         }
     }
 }
@@ -145,20 +174,11 @@ impl VaeConfig {
         }
     }
 
-    /// z̃ = √n_z·z on the sphere (SPEC §7), so that the energy — and, our choice, the
-    /// decoder — see inputs of order one, as Euclidean latents are; unscaled unit vectors made
-    /// the spherical decoders learn several times slower.
     pub(super) fn latent_scale(&self) -> f32 {
-        match self.latent {
-            Latent::Sphere => (self.nz as f32).sqrt(),
-            Latent::Euclidean => 1.0,
-        }
+        self.latent.scale(self.nz)
     }
 
     pub(super) fn manifold(&self) -> Manifold {
-        match self.latent {
-            Latent::Sphere => Manifold::Sphere,
-            Latent::Euclidean => Manifold::Euclidean,
-        }
+        self.latent.manifold()
     }
 }

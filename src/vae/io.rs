@@ -13,7 +13,12 @@ use crate::optim::Optimizer;
 
 const NETS: [&str; 3] = ["encoder", "decoder", "energy"];
 
-fn put_model(ck: &mut Checkpoint, gpu: &Gpu, prefix: &str, m: &Model<&Gpu>) -> Result<()> {
+pub(crate) fn put_model(
+    ck: &mut Checkpoint,
+    gpu: &Gpu,
+    prefix: &str,
+    m: &Model<&Gpu>,
+) -> Result<()> {
     for mut t in m.to_host(|t| gpu.read(t))?.to_named()? {
         t.name = format!("{prefix}.{}", t.name);
         ck.tensors.push(t);
@@ -21,7 +26,7 @@ fn put_model(ck: &mut Checkpoint, gpu: &Gpu, prefix: &str, m: &Model<&Gpu>) -> R
     Ok(())
 }
 
-fn put_opt(ck: &mut Checkpoint, gpu: &Gpu, prefix: &str, o: &Optimizer) -> Result<()> {
+pub(crate) fn put_opt(ck: &mut Checkpoint, gpu: &Gpu, prefix: &str, o: &Optimizer) -> Result<()> {
     let (s1, s2) = o.state_host(gpu)?;
     let n = s1.len();
     ck.tensors
@@ -50,7 +55,12 @@ fn sub(ck: &Checkpoint, prefix: &str) -> Checkpoint {
     out
 }
 
-fn load_params(gpu: &Gpu, ck: &Checkpoint, prefix: &str, m: &mut Model<&Gpu>) -> Result<()> {
+pub(crate) fn load_params(
+    gpu: &Gpu,
+    ck: &Checkpoint,
+    prefix: &str,
+    m: &mut Model<&Gpu>,
+) -> Result<()> {
     let hp = HostParams::from_checkpoint(&sub(ck, prefix), &m.arch)?;
     for (dst, (_, _, v)) in m.weights.iter().zip(&hp.weights) {
         gpu.copy_into(&gpu.upload(dst.shape().0, dst.shape().1, v)?, dst)?;
@@ -61,10 +71,47 @@ fn load_params(gpu: &Gpu, ck: &Checkpoint, prefix: &str, m: &mut Model<&Gpu>) ->
     Ok(())
 }
 
-fn load_opt(gpu: &Gpu, ck: &Checkpoint, prefix: &str, o: &mut Optimizer) -> Result<()> {
+pub(crate) fn load_opt(gpu: &Gpu, ck: &Checkpoint, prefix: &str, o: &mut Optimizer) -> Result<()> {
     let s1 = &ck.get(&format!("{prefix}.opt_s1"))?.data;
     let s2 = &ck.get(&format!("{prefix}.opt_s2"))?.data;
     o.load_state(gpu, ck.meta_parse(&format!("{prefix}.opt_t"))?, s1, s2)
+}
+
+/// Hidden widths as checkpoint metadata ("256,256").
+pub(crate) fn join_widths(h: &[usize]) -> String {
+    h.iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Hidden widths from checkpoint metadata written by [`join_widths`].
+pub(crate) fn meta_widths(ck: &Checkpoint, key: &str) -> Result<Vec<usize>> {
+    ck.meta(key)?
+        .split(',')
+        .map(|h| {
+            h.parse()
+                .map_err(|_| Error::Invalid(format!("{key}: {h:?} is not a width")))
+        })
+        .collect()
+}
+
+/// A latent space from checkpoint metadata written with [`Latent::name`].
+pub(crate) fn meta_latent(ck: &Checkpoint, key: &str) -> Result<Latent> {
+    match ck.meta(key)? {
+        "sphere" => Ok(Latent::Sphere),
+        "euclidean" => Ok(Latent::Euclidean),
+        o => Err(Error::Invalid(format!("unknown latent space {o:?}"))),
+    }
+}
+
+/// Puts the checkpoint's path in front of the messages of errors about its contents.
+pub(crate) fn in_file(path: &Path) -> impl Fn(Error) -> Error + Copy + '_ {
+    move |e| match e {
+        Error::Invalid(m) => Error::Invalid(format!("{}: {m}", path.display())),
+        Error::Shape(m) => Error::Shape(format!("{}: {m}", path.display())),
+        other => other,
+    }
 }
 
 impl Vae<'_> {
@@ -80,19 +127,13 @@ impl Vae<'_> {
             put_opt(&mut ck, gpu, NETS[2], o)?;
         }
         let c = &self.cfg;
-        let hidden = |h: &[usize]| {
-            h.iter()
-                .map(|v| v.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
         for (k, v) in [
             ("vae.nz", c.nz.to_string()),
             ("vae.latent", c.latent.name().to_string()),
             ("vae.posterior", c.posterior.name().to_string()),
             ("vae.pixels", c.pixels.to_string()),
-            ("vae.hidden", hidden(&c.hidden)),
-            ("vae.energy_hidden", hidden(&c.energy_hidden)),
+            ("vae.hidden", join_widths(&c.hidden)),
+            ("vae.energy_hidden", join_widths(&c.energy_hidden)),
             ("vae.lr", format!("{:?}", c.lr)),
             ("vae.batch", c.batch.to_string()),
             ("vae.energy_reg", format!("{:?}", c.energy_reg)),
@@ -113,36 +154,19 @@ impl Vae<'_> {
     /// the caller's metadata).
     pub fn load<'g>(gpu: &'g Gpu, path: &Path) -> Result<(Vae<'g>, Checkpoint)> {
         let ck = Checkpoint::load(path)?;
-        let at = |e: Error| match e {
-            Error::Invalid(m) => Error::Invalid(format!("{}: {m}", path.display())),
-            Error::Shape(m) => Error::Shape(format!("{}: {m}", path.display())),
-            other => other,
-        };
-        let widths = |key: &str| -> Result<Vec<usize>> {
-            ck.meta(key)?
-                .split(',')
-                .map(|h| {
-                    h.parse()
-                        .map_err(|_| Error::Invalid(format!("{key}: {h:?} is not a width")))
-                })
-                .collect()
-        };
+        let at = in_file(path);
         let cfg = (|| -> Result<VaeConfig> {
             Ok(VaeConfig {
                 nz: ck.meta_parse("vae.nz")?,
-                latent: match ck.meta("vae.latent")? {
-                    "sphere" => Latent::Sphere,
-                    "euclidean" => Latent::Euclidean,
-                    o => return Err(Error::Invalid(format!("unknown latent space {o:?}"))),
-                },
+                latent: meta_latent(&ck, "vae.latent")?,
                 posterior: match ck.meta("vae.posterior")? {
                     "implicit" => Posterior::Implicit,
                     "explicit" => Posterior::Explicit,
                     o => return Err(Error::Invalid(format!("unknown posterior {o:?}"))),
                 },
                 pixels: ck.meta_parse("vae.pixels")?,
-                hidden: widths("vae.hidden")?,
-                energy_hidden: widths("vae.energy_hidden")?,
+                hidden: meta_widths(&ck, "vae.hidden")?,
+                energy_hidden: meta_widths(&ck, "vae.energy_hidden")?,
                 lr: ck.meta_parse("vae.lr")?,
                 batch: ck.meta_parse("vae.batch")?,
                 energy_reg: ck.meta_parse("vae.energy_reg")?,

@@ -24,7 +24,7 @@ use crate::rng::{Dist, HostRng, Rng};
 use crate::tape::{Tape, Var};
 
 mod config;
-mod io;
+pub(crate) mod io;
 
 pub use config::{Latent, Posterior, VaeConfig};
 
@@ -197,12 +197,7 @@ impl<'g> Vae<'g> {
             }
             (Posterior::Implicit, latent) => {
                 let eps = tape.random(rows, nz, Dist::STANDARD_NORMAL, seed, stream)?;
-                let z = enc.mlp(x.concat_cols(eps)?)?;
-                let z = match latent {
-                    Latent::Sphere => normalize_rows(z)?,
-                    Latent::Euclidean => z,
-                };
-                Ok((z, None))
+                Ok((latent.project(enc.mlp(x.concat_cols(eps)?)?)?, None))
             }
         }
     }
