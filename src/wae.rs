@@ -109,9 +109,12 @@ impl WaeConfig {
             )));
         }
         let positive = |v: f32| v.is_finite() && v > 0.0;
-        if !(positive(self.lr) && positive(self.eps) && positive(self.lambda))
-            || !(self.critic_reg.is_finite() && self.critic_reg >= 0.0)
-        {
+        let settings_ok = positive(self.lr)
+            && positive(self.eps)
+            && positive(self.lambda)
+            && self.critic_reg.is_finite()
+            && self.critic_reg >= 0.0;
+        if !settings_ok {
             return Err(Error::Invalid(format!(
                 "WAE: learning rate, ε₀ and λ must be positive and the regulariser ≥ 0 (got {}, {}, {}, {})",
                 self.lr, self.eps, self.lambda, self.critic_reg

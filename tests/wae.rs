@@ -186,15 +186,11 @@ fn bad_settings_and_batches_are_refused() {
     assert!(e.contains("n_z"), "{e}");
     let mut c = tiny(Latent::Euclidean, Divergence::Gan, 10.0);
     c.lambda = f32::NAN;
-    let e = Wae::new(g, c).err().expect("λ = NaN").to_string();
+    let e = Wae::new(g, c).err().unwrap().to_string();
     assert!(e.contains("λ"), "{e}");
     let mut wae = Wae::new(g, tiny(Latent::Euclidean, Divergence::Mvl, 10.0)).unwrap();
     let wrong = g.upload(4, 15, &[0.5; 60]).unwrap();
-    let e = wae
-        .record_step(&wrong)
-        .err()
-        .expect("15-pixel batch")
-        .to_string();
+    let e = wae.record_step(&wrong).unwrap_err().to_string();
     assert!(e.contains("16 pixels"), "{e}");
     let missing = std::env::temp_dir().join("wmvl-no-such-wae.safetensors");
     assert!(Wae::load(g, &missing).is_err());

@@ -176,6 +176,9 @@ impl Dispatch {
     }
 }
 
+/// GPU seconds per timed pass or dispatch, with its label.
+type Times = Vec<(String, f64)>;
+
 /// Flush automatically past this many pending dispatches, to bound host memory.
 pub(crate) const MAX_PENDING: usize = 8192;
 /// Cached bind groups kept at most (then the cache starts afresh).
@@ -585,8 +588,8 @@ impl Gpu {
     /// Submits the pending list in chunks of at most `MAX_PENDING` dispatches (the size of
     /// the parameter buffer): another thread may push between a push that reaches the limit
     /// and the flush it triggers. Times of several chunks add up (`Pass`) or concatenate.
-    fn submit(&self, timing: Timing) -> Result<Option<Vec<(String, f64)>>> {
-        let mut out: Option<Vec<(String, f64)>> = None;
+    fn submit(&self, timing: Timing) -> Result<Option<Times>> {
+        let mut out: Option<Times> = None;
         loop {
             let (times, more) = self.submit_chunk(timing)?;
             out = match (out, times) {
@@ -604,7 +607,7 @@ impl Gpu {
     }
 
     /// Submits up to `MAX_PENDING` pending dispatches; says whether more are pending.
-    fn submit_chunk(&self, timing: Timing) -> Result<(Option<Vec<(String, f64)>>, bool)> {
+    fn submit_chunk(&self, timing: Timing) -> Result<(Option<Times>, bool)> {
         // One submit at a time, from taking the list to `queue.submit`: concurrent submits
         // would overwrite each other's parameter blocks (both write offset 0 before either
         // submits), and a thread whose dispatches another thread took must not submit its
