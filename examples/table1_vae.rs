@@ -31,7 +31,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use common::{arg, Res};
+use common::{arg, Cell, Res};
 
 use wmvl::ais::{ais, log_marginal, AisConfig, LatentPrior};
 use wmvl::gpu::Gpu;
@@ -189,62 +189,38 @@ fn run_cell(gpu: &Gpu, o: &Opts, cfg: &VaeConfig, train: &Images, test: &[f32]) 
         Ok(s.reconstruction + s.kl_or_prior)
     };
     let before = held_out(&mut vae)?;
-    let t = Instant::now();
-    let start = vae.steps_done;
-    let log_every = (o.steps / 10).clamp(1, 1000);
-    while vae.steps_done < o.steps {
-        if t.elapsed().as_secs_f64() >= o.train_seconds {
-            vae.save(&ck, &[])?;
-            println!(
-                "  {name}: --train-seconds {} reached at step {} of {}; checkpointed to {}",
-                o.train_seconds,
-                vae.steps_done,
-                o.steps,
-                ck.display()
-            );
-            break;
-        }
-        let x = batch(gpu, train, cfg.batch, cfg.seed, vae.steps_done)?;
-        let stats = vae.record_step(&x)?;
-        let done = vae.steps_done;
-        if done % log_every == 0 || done == o.steps {
+    let explicit = cfg.posterior == Posterior::Explicit;
+    let (_, train_s) =
+        common::train_cell(&name, vae.steps_done, o.steps, o.train_seconds, |cell| {
+            let (done, log) = match cell {
+                Cell::Save => return Ok(vae.save(&ck, &[]).map(|_| String::new())?),
+                Cell::Step { done, log } => (done, log),
+            };
+            let stats = vae.record_step(&batch(gpu, train, cfg.batch, cfg.seed, done)?)?;
+            if !log {
+                return Ok(String::new());
+            }
             let s = vae.read_stats(&stats)?;
             if !(s.reconstruction.is_finite() && s.energy_loss.is_finite()) {
                 return Err(format!(
-                    "{name}: training diverged at step {done} ({s:?}); the last checkpoint is {}",
+                    "{name}: training diverged at step {} ({s:?}); the last checkpoint is {}",
+                    done + 1,
                     ck.display()
                 )
                 .into());
             }
-            let p = Progress {
-                what: "train",
-                done: done - start,
-                total: o.steps - start,
-                unit: "steps",
-                elapsed: t.elapsed(),
-                detail: format!(
-                    "{name} step {done}: reconstruction {:.1}, {} {:.2}{}",
-                    s.reconstruction,
-                    if cfg.posterior == Posterior::Explicit {
-                        "KL"
-                    } else {
-                        "−log p(z)"
-                    },
-                    s.kl_or_prior,
-                    if cfg.posterior == Posterior::Implicit {
-                        format!(", energy loss {:.3}", s.energy_loss)
-                    } else {
-                        String::new()
-                    }
-                ),
-            };
-            println!("  {}", p.line());
-        }
-        if done % 1000 == 0 || done == o.steps {
-            vae.save(&ck, &[])?;
-        }
-    }
-    let train_s = t.elapsed().as_secs_f64();
+            Ok(if explicit {
+                format!(
+                    "reconstruction {:.1}, KL {:.2}",
+                    s.reconstruction, s.kl_or_prior
+                )
+            } else {
+                format!(
+                    "reconstruction {:.1}, −log p(z) {:.2}, energy loss {:.3}",
+                    s.reconstruction, s.kl_or_prior, s.energy_loss
+                )
+            })
+        })?;
     let after = held_out(&mut vae)?;
 
     // Test NLL by AIS: rows are (chain, digit) pairs.

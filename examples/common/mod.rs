@@ -198,3 +198,52 @@ pub fn riemannian_fisher<'g>(
     }
     Ok(fisher / n as f64)
 }
+
+/// What [`train_cell`] asks of a cell's model.
+pub enum Cell {
+    /// Take training step `done + 1`; when `log`, return the progress line's detail (losses).
+    Step { done: usize, log: bool },
+    /// Write the checkpoint.
+    Save,
+}
+
+/// Trains one table cell from step `start` up to `target` through `model` (see [`Cell`]),
+/// saving every 1 000 steps, at the end, and when `seconds` of training have run out — a
+/// rerun then continues from that checkpoint. Prints progress with the time left; returns the
+/// steps reached and the seconds spent.
+pub fn train_cell(
+    name: &str,
+    start: usize,
+    target: usize,
+    seconds: f64,
+    mut model: impl FnMut(Cell) -> Res<String>,
+) -> Res<(usize, f64)> {
+    let t = Instant::now();
+    let log_every = (target / 10).clamp(1, 1000);
+    let mut done = start;
+    while done < target {
+        if t.elapsed().as_secs_f64() >= seconds {
+            model(Cell::Save)?;
+            println!("  {name}: --train-seconds {seconds} reached at step {done} of {target}; checkpointed");
+            break;
+        }
+        let log = (done + 1) % log_every == 0 || done + 1 == target;
+        let detail = model(Cell::Step { done, log })?;
+        done += 1;
+        if log {
+            let p = wmvl::progress::Progress {
+                what: "train",
+                done: done - start,
+                total: target - start,
+                unit: "steps",
+                elapsed: t.elapsed(),
+                detail: format!("{name} step {done}: {detail}"),
+            };
+            println!("  {}", p.line());
+        }
+        if done % 1000 == 0 || done == target {
+            model(Cell::Save)?;
+        }
+    }
+    Ok((done, t.elapsed().as_secs_f64()))
+}
