@@ -227,7 +227,7 @@ pub fn train_cell(
             println!("  {name}: --train-seconds {seconds} reached at step {done} of {target}; checkpointed");
             break;
         }
-        let log = (done + 1) % log_every == 0 || done + 1 == target;
+        let log = (done + 1).is_multiple_of(log_every) || done + 1 == target;
         let detail = model(Cell::Step { done, log })?;
         done += 1;
         if log {
@@ -241,7 +241,7 @@ pub fn train_cell(
             };
             println!("  {}", p.line());
         }
-        if done % 1000 == 0 || done == target {
+        if done.is_multiple_of(1000) || done == target {
             model(Cell::Save)?;
         }
     }
