@@ -26,6 +26,7 @@ pub mod data;
 pub mod diagnose;
 pub mod directional;
 pub mod error;
+pub mod fid;
 pub mod fsutil;
 pub mod fused;
 pub mod gpu;
