@@ -4,6 +4,7 @@
 //! (plain f64 loops, the reference every kernel is tested against). The tape validates
 //! shapes before calling, so implementations may assume well-shaped operands.
 
+use crate::conv::Geometry;
 use crate::error::Result;
 use crate::ops::{Axis, BinOp, Fun};
 
@@ -59,6 +60,15 @@ pub trait Backend {
         idx: &Self::Index,
         n: usize,
     ) -> Result<Self::Tensor>;
+    /// im2col: a batch of channel-last images (B, H·W·C) to its matrix of patches
+    /// (B·Ho·Wo, k·k·C), zeros where a window reaches into the padding (layout:
+    /// [`crate::conv`]). Refuses (never panics on) a shape that does not fit `g`.
+    fn unfold(&self, x: &Self::Tensor, g: &Geometry) -> Result<Self::Tensor>;
+    /// col2im, the adjoint of `unfold`: patches (B·Ho·Wo, k·k·C) summed back into the
+    /// pixels they came from, (B, H·W·C). Refuses a shape that does not fit `g`.
+    fn fold(&self, x: &Self::Tensor, g: &Geometry) -> Result<Self::Tensor>;
+    /// The same row-major values as a (rows, cols) tensor (equal element count, checked).
+    fn reshape(&self, x: &Self::Tensor, rows: usize, cols: usize) -> Result<Self::Tensor>;
 }
 
 /// Random fills are not part of the differentiable vocabulary (they are constants to the
@@ -143,6 +153,15 @@ impl<B: Backend + ?Sized> Backend for &B {
         n: usize,
     ) -> Result<Self::Tensor> {
         (**self).scatter_add_rows(x, idx, n)
+    }
+    fn unfold(&self, x: &Self::Tensor, g: &Geometry) -> Result<Self::Tensor> {
+        (**self).unfold(x, g)
+    }
+    fn fold(&self, x: &Self::Tensor, g: &Geometry) -> Result<Self::Tensor> {
+        (**self).fold(x, g)
+    }
+    fn reshape(&self, x: &Self::Tensor, rows: usize, cols: usize) -> Result<Self::Tensor> {
+        (**self).reshape(x, rows, cols)
     }
 }
 

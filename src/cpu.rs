@@ -2,6 +2,7 @@
 //! kernel against it, and users can run a tape on it to check a GPU result.
 
 use crate::backend::Backend;
+use crate::conv::Geometry;
 use crate::error::{Error, Result};
 use crate::ops::{Axis, BinOp, Fun};
 
@@ -167,6 +168,61 @@ impl Backend for Cpu {
             }
         }
         Ok(out)
+    }
+    fn unfold(&self, x: &Mat, g: &Geometry) -> Result<Mat> {
+        let rows = g.check_unfold((x.rows, x.cols))?;
+        let (ho, wo) = (g.out_h(), g.out_w());
+        Ok(build(rows, g.patch(), |r, col| {
+            let (b, oy, ox) = (r / (ho * wo), r % (ho * wo) / wo, r % wo);
+            let (ky, kx, c) = (col / g.c / g.k, col / g.c % g.k, col % g.c);
+            // Coordinates in the padded image; the real pixel is pad less.
+            let (yp, xp) = (oy * g.stride + ky, ox * g.stride + kx);
+            if yp < g.pad || yp - g.pad >= g.h || xp < g.pad || xp - g.pad >= g.w {
+                0.0
+            } else {
+                x.at(b, ((yp - g.pad) * g.w + xp - g.pad) * g.c + c)
+            }
+        }))
+    }
+    /// The adjoint by definition: each patch entry added to the pixel `unfold` took it from.
+    fn fold(&self, x: &Mat, g: &Geometry) -> Result<Mat> {
+        let batch = g.check_fold((x.rows, x.cols))?;
+        let (ho, wo) = (g.out_h(), g.out_w());
+        let mut out = Mat::zeros(batch, g.pixels());
+        for b in 0..batch {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let r = (b * ho + oy) * wo + ox;
+                    for ky in 0..g.k {
+                        for kx in 0..g.k {
+                            let (yp, xp) = (oy * g.stride + ky, ox * g.stride + kx);
+                            if yp < g.pad || yp - g.pad >= g.h || xp < g.pad || xp - g.pad >= g.w {
+                                continue;
+                            }
+                            for c in 0..g.c {
+                                let pixel = ((yp - g.pad) * g.w + xp - g.pad) * g.c + c;
+                                out.data[b * g.pixels() + pixel] +=
+                                    x.at(r, (ky * g.k + kx) * g.c + c);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+    fn reshape(&self, x: &Mat, rows: usize, cols: usize) -> Result<Mat> {
+        if rows.checked_mul(cols) != Some(x.data.len()) {
+            return Err(Error::Shape(format!(
+                "cannot reshape a {}x{} tensor to {rows}x{cols}: the element counts differ",
+                x.rows, x.cols
+            )));
+        }
+        Ok(Mat {
+            rows,
+            cols,
+            data: x.data.clone(),
+        })
     }
 }
 

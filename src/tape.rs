@@ -12,6 +12,7 @@
 use std::cell::RefCell;
 
 use crate::backend::{Backend, RandomFill};
+use crate::conv::Geometry;
 use crate::error::{Error, Result};
 use crate::ops::{broadcast_shape, Axis, BinOp, Fun, MAX_ORDER};
 use crate::rng::Dist;
@@ -60,6 +61,15 @@ pub enum Op {
     ScatterAddRows {
         index: usize,
         n: usize,
+    },
+    /// im2col: images (B, H·W·C) to patches (B·Ho·Wo, k·k·C), see [`crate::conv`].
+    Unfold(Geometry),
+    /// col2im, the adjoint of `Unfold`: patches summed back into (B, H·W·C) images.
+    Fold(Geometry),
+    /// The same row-major values viewed as (rows, cols).
+    Reshape {
+        rows: usize,
+        cols: usize,
     },
 }
 
@@ -320,6 +330,13 @@ impl<B: Backend> Tape<B> {
                 vec![Some(g.scatter_add_rows(index, n)?)]
             }
             Op::ScatterAddRows { index, .. } => vec![Some(g.gather_rows(index)?)],
+            // Linear maps: the backward of each is its adjoint (fold ⇄ unfold), itself taped.
+            Op::Unfold(geometry) => vec![Some(g.fold(&geometry)?)],
+            Op::Fold(geometry) => vec![Some(g.unfold(&geometry)?)],
+            Op::Reshape { .. } => {
+                let (r, c) = x[0].shape();
+                vec![Some(g.reshape(r, c)?)]
+            }
         })
     }
 }
@@ -631,5 +648,39 @@ impl<'t, B: Backend> Var<'t, B> {
         }
         let v = self.tape.backend.scatter_add_rows(&self.value(), &idx, n)?;
         Ok(self.unary(Op::ScatterAddRows { index, n }, v))
+    }
+
+    /// im2col: a batch of channel-last images (B, H·W·C) to its matrix of patches
+    /// (B·Ho·Wo, k·k·C), zeros where a window reaches into the padding. Layouts: [`crate::conv`].
+    pub fn unfold(self, geometry: &Geometry) -> Result<Var<'t, B>> {
+        geometry.check_unfold(self.shape())?;
+        let v = self.tape.backend.unfold(&self.value(), geometry)?;
+        Ok(self.unary(Op::Unfold(*geometry), v))
+    }
+
+    /// col2im, the adjoint of [`Var::unfold`]: patches (B·Ho·Wo, k·k·C) summed back into
+    /// the pixels they were taken from, (B, H·W·C).
+    pub fn fold(self, geometry: &Geometry) -> Result<Var<'t, B>> {
+        geometry.check_fold(self.shape())?;
+        let v = self.tape.backend.fold(&self.value(), geometry)?;
+        Ok(self.unary(Op::Fold(*geometry), v))
+    }
+
+    /// The same row-major values as a (rows, cols) tensor of equal element count (no copy
+    /// on either device: every tensor is contiguous).
+    pub fn reshape(self, rows: usize, cols: usize) -> Result<Var<'t, B>> {
+        let (r, c) = self.shape();
+        if rows.checked_mul(cols) != Some(r * c) {
+            return Err(Error::Shape(format!(
+                "reshape: a {r}x{c} tensor has {} elements, {rows}x{cols} would need {}",
+                r * c,
+                rows.saturating_mul(cols)
+            )));
+        }
+        if (rows, cols) == (r, c) {
+            return Ok(self);
+        }
+        let v = self.tape.backend.reshape(&self.value(), rows, cols)?;
+        Ok(self.unary(Op::Reshape { rows, cols }, v))
     }
 }

@@ -27,6 +27,7 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use proptest::test_runner::{RngSeed, TestCaseError};
 use wmvl::backend::Backend;
+use wmvl::conv::{conv2d, Geometry};
 use wmvl::cpu::{Cpu, Mat};
 use wmvl::gpu::Gpu;
 use wmvl::ops::{Axis, BinOp, Fun, MAX_ORDER};
@@ -1216,6 +1217,196 @@ fn nested_derivatives_of_every_function_and_the_order_limit() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convolutions: conv2d (unfold · W + b, reshape) and fold, first and second order
+// ---------------------------------------------------------------------------------------------
+
+/// Inputs of [`conv_loss`]: x (B, H·W·C), W (k·k·C, F), b (1, F), R (B, Ho·Wo·F),
+/// P (B·Ho·Wo, k·k·C), Q (B, H·W·C).
+fn conv_inputs(batch: usize, g: &Geometry, f: usize, seed: u64) -> Vec<Mat> {
+    let mut rng = Rng(seed);
+    let rows = batch * g.positions();
+    vec![
+        rng.mat(batch, g.pixels(), 1.0),
+        rng.mat(g.patch(), f, 1.0 / (g.patch() as f64).sqrt()),
+        rng.mat(1, f, 0.3),
+        rng.mat(batch, g.positions() * f, 1.0),
+        rng.mat(rows, g.patch(), 1.0),
+        rng.mat(batch, g.pixels(), 1.0),
+    ]
+}
+
+/// Σ R ⊙ tanh(conv2d(x, W, b)) + Σ Q ⊙ tanh(fold(P)): every new op forward, and in its
+/// backward rule its adjoint (unfold → fold, fold → unfold, reshape → reshape back).
+fn conv_loss<'t, B: Backend>(v: &[Var<'t, B>], g: &Geometry) -> Result<Var<'t, B>> {
+    let y = conv2d(v[0], v[1], v[2], g)?.tanh()?.mul(v[3])?.sum_all()?;
+    y.add(v[4].fold(g)?.tanh()?.mul(v[5])?.sum_all()?)
+}
+
+/// The loss and its gradient with respect to x, W, b and P on `backend`.
+fn conv_grads<B: Dev>(backend: B, inputs: &[Mat], g: &Geometry) -> Result<(f64, Vec<Vec<f64>>)> {
+    let tape = Tape::new(backend);
+    let ls = leaves_on(&tape, inputs)?;
+    let y = conv_loss(&ls, g)?;
+    let gs = tape.grad(y, &[ls[0], ls[1], ls[2], ls[4]], false)?;
+    let yv = read_on(&tape, y)?[0];
+    Ok((
+        yv,
+        gs.iter()
+            .map(|&v| read_on(&tape, v))
+            .collect::<Result<_>>()?,
+    ))
+}
+
+/// CPU tape vs f64 central differences, and GPU tape vs the same, for one geometry.
+fn check_conv_first_order(
+    batch: usize,
+    g: &Geometry,
+    f: usize,
+    seed: u64,
+) -> std::result::Result<(), String> {
+    let e = |e: Error| format!("{g:?}: {e}");
+    let inputs = conv_inputs(batch, g, f, seed);
+    let fd = fd_grads(&inputs, &[0, 1, 2, 4], &mut |m| {
+        let tape = Tape::new(Cpu);
+        let ls = leaves_on(&tape, m)?;
+        Ok(read_on(&tape, conv_loss(&ls, g)?)?[0])
+    })
+    .map_err(e)?;
+    if inf_norm(&fd) < 1e-2 {
+        return Err(format!("{g:?}: gradients too small to test anything"));
+    }
+    let (y_cpu, g_cpu) = conv_grads(Cpu, &inputs, g).map_err(e)?;
+    let (y_gpu, g_gpu) = conv_grads(gpu(), &inputs, g).map_err(e)?;
+    // As the other first-order checks: f64 tape vs central differences to 1e-6 per entry,
+    // the f32 GPU tape to 1e-3; entries below 1e-3 of the largest held to that floor.
+    let floor = 1e-3 * inf_norm(&fd);
+    check_groups(&format!("{g:?}: CPU tape vs FD"), &g_cpu, &fd, 1e-6, floor)?;
+    check_groups(&format!("{g:?}: GPU tape vs FD"), &g_gpu, &fd, 1e-3, floor)?;
+    check_groups(
+        &format!("{g:?}: GPU loss vs CPU loss"),
+        &[vec![y_gpu]],
+        &[vec![y_cpu]],
+        1e-5,
+        1e-2,
+    )?;
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(proptest_config(48))]
+
+    /// Gradients of conv2d with respect to input, weights and bias (and of fold with respect
+    /// to its patches) on random geometries: strides 1–3, every padding below the kernel
+    /// size, 1–3 channels in and out, non-square images.
+    #[test]
+    fn conv2d_first_order_random_geometries(
+        batch in 1usize..=2,
+        k in 1usize..=3,
+        stride in 1usize..=3,
+        pad_frac in 0.0f64..1.0,
+        c in 1usize..=3,
+        f in 1usize..=3,
+        dh in 0usize..=3,
+        dw in 0usize..=3,
+        seed in any::<u64>(),
+    ) {
+        let pad = ((k as f64 * pad_frac) as usize).min(k - 1);
+        let min = k.saturating_sub(2 * pad).max(1);
+        let g = Geometry::new(min + dh, min + dw, c, k, stride, pad)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        check_conv_first_order(batch, &g, f, seed).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// The geometries of the LeNet layers, shrunk: 5×5 kernels, stride 2, padding 2.
+#[test]
+fn conv2d_first_order_lenet_like_geometries() {
+    let g1 = Geometry::new(7, 6, 1, 5, 2, 2).unwrap();
+    check_conv_first_order(2, &g1, 3, 0xC01).unwrap_or_else(|m| panic!("{m}"));
+    let g2 = g1.next(3, 5, 2, 2).unwrap();
+    assert_eq!((g2.h, g2.w), (4, 3));
+    check_conv_first_order(2, &g2, 2, 0xC02).unwrap_or_else(|m| panic!("{m}"));
+}
+
+/// Two convolutions: E = Σ R ⊙ tanh(conv₂(tanh(conv₁(x)))), and the scalar
+/// S = ‖∇ₓE‖² + ⟨∇_{W₁}E, V⟩, a second derivative taken through the backward rules of
+/// unfold (fold), fold (unfold) and reshape.
+fn conv_second_order_scalar<'t, B: Backend>(
+    tape: &'t Tape<B>,
+    v: &[Var<'t, B>],
+    g1: &Geometry,
+    g2: &Geometry,
+) -> Result<Var<'t, B>> {
+    let (x, w1, b1, w2, b2, r, vv) = (v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
+    let h = conv2d(x, w1, b1, g1)?.tanh()?;
+    let e = conv2d(h, w2, b2, g2)?.tanh()?.mul(r)?.sum_all()?;
+    let gs = tape.grad(e, &[x, w1], true)?;
+    gs[0].square()?.sum_all()?.add(gs[1].mul(vv)?.sum_all()?)
+}
+
+fn conv_second_order_grads<B: Dev>(
+    backend: B,
+    inputs: &[Mat],
+    g1: &Geometry,
+    g2: &Geometry,
+) -> Result<Vec<Vec<f64>>> {
+    let tape = Tape::new(backend);
+    let ls = leaves_on(&tape, inputs)?;
+    let s = conv_second_order_scalar(&tape, &ls, g1, g2)?;
+    let gs = tape.grad(s, &ls[..5], false)?;
+    gs.iter().map(|&v| read_on(&tape, v)).collect()
+}
+
+#[test]
+fn conv2d_second_order_vs_finite_differences() {
+    // 5×4×2 images → 3×3 kernel, stride 1, pad 1 → 5×4×3 → 3×3 kernel, stride 2, pad 1 → 3×2×2.
+    let g1 = Geometry::new(5, 4, 2, 3, 1, 1).unwrap();
+    let g2 = g1.next(3, 3, 2, 1).unwrap();
+    let (batch, f2) = (2, 2);
+    let mut rng = Rng(0x2C0);
+    let inputs = vec![
+        rng.mat(batch, g1.pixels(), 1.0),
+        rng.mat(g1.patch(), 3, 1.0 / (g1.patch() as f64).sqrt()),
+        rng.mat(1, 3, 0.3),
+        rng.mat(g2.patch(), f2, 1.0 / (g2.patch() as f64).sqrt()),
+        rng.mat(1, f2, 0.3),
+        rng.mat(batch, g2.positions() * f2, 1.0),
+        rng.mat(g1.patch(), 3, 1.0),
+    ];
+    let fd = fd_grads(&inputs, &[0, 1, 2, 3, 4], &mut |m| {
+        let tape = Tape::new(Cpu);
+        let ls = leaves_on(&tape, m)?;
+        Ok(read_on(&tape, conv_second_order_scalar(&tape, &ls, &g1, &g2)?)?[0])
+    })
+    .expect("fd");
+    assert!(
+        inf_norm(&fd) > 1e-2,
+        "second derivatives too small to test anything"
+    );
+    let cpu_got = conv_second_order_grads(Cpu, &inputs, &g1, &g2).expect("cpu");
+    let gpu_got = conv_second_order_grads(gpu(), &inputs, &g1, &g2).expect("gpu");
+    // The tolerances and floors of the other second-order tests.
+    let floor = 1e-3 * inf_norm(&fd);
+    let e_cpu = check_groups(
+        "conv second order: CPU tape vs FD",
+        &cpu_got,
+        &fd,
+        1e-6,
+        floor,
+    )
+    .unwrap_or_else(|m| panic!("{m}"));
+    let e_gpu = check_groups(
+        "conv second order: GPU tape vs FD",
+        &gpu_got,
+        &fd,
+        1e-3,
+        floor,
+    )
+    .unwrap_or_else(|m| panic!("{m}"));
+    eprintln!("conv second order: CPU vs FD {e_cpu:.2e}, GPU vs FD {e_gpu:.2e}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ use rand_core::{RngCore, SeedableRng};
 use rand_pcg::Pcg64;
 
 use wmvl::backend::Backend;
+use wmvl::conv::{conv2d, Geometry};
 use wmvl::cpu::{Cpu, Mat};
 use wmvl::gpu::{Gpu, Tensor};
 use wmvl::ops::{broadcast_shape, Axis, BinOp, Fun, MAX_ORDER};
@@ -645,6 +646,312 @@ fn scatter_add_rows_with_repeats_is_exact() {
             &cy,
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// unfold (im2col), fold (col2im), reshape, conv2d
+
+/// (batch, H, W, C, k, stride, pad): stride 1, 2 and 3, pad 0, 1 and 2, C = 1, 2 and 3,
+/// non-square images, odd and even kernels, a kernel as large as the padded image, 1×1.
+const CONV_CASES: [(usize, usize, usize, usize, usize, usize, usize); 9] = [
+    (2, 5, 7, 1, 3, 1, 0),
+    (3, 6, 5, 3, 3, 2, 2),
+    (1, 7, 4, 3, 5, 1, 2),
+    (2, 8, 9, 1, 5, 2, 2),
+    (2, 4, 3, 2, 2, 2, 0),
+    (1, 1, 1, 1, 1, 1, 0),
+    (2, 9, 6, 3, 4, 3, 1),
+    (1, 3, 2, 2, 4, 1, 1),
+    (4, 28, 28, 1, 5, 2, 2),
+];
+
+fn geometry(case: (usize, usize, usize, usize, usize, usize, usize)) -> (usize, Geometry) {
+    let (b, h, w, c, k, stride, pad) = case;
+    (
+        b,
+        Geometry::new(h, w, c, k, stride, pad).expect("valid test geometry"),
+    )
+}
+
+/// Multiples of 1/8 in [−16, 16): sums of up to a few hundred of them are exact in f32, so
+/// the GPU's gather order and the reference's scatter order give identical results.
+fn eighths(r: &mut Pcg64, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| (r.next_u32() % 256) as f32 / 8.0 - 16.0)
+        .collect()
+}
+
+/// GPU unfold and fold against the f64 reference: exact (pure data movement, and sums of
+/// exactly representable values whose every partial sum is exact).
+fn check_unfold_fold(r: &mut Pcg64, b: usize, g: &Geometry) {
+    let what = format!("{b} images, {g:?}");
+    let (gx, cx) = random_pair(r, b, g.pixels(), -2.0, 2.0);
+    let gu = gpu().unfold(&gx, g).unwrap();
+    let cu = Cpu.unfold(&cx, g).unwrap();
+    assert_eq!(Cpu.shape(&cu), (b * g.positions(), g.patch()), "{what}");
+    assert_exact(&format!("unfold {what}"), &gu, &cu);
+    let (gp, cp) = pair(b * g.positions(), g.patch(), &eighths(r, cu.data.len()));
+    let gf = gpu().fold(&gp, g).unwrap();
+    let cf = Cpu.fold(&cp, g).unwrap();
+    assert_eq!(Cpu.shape(&cf), (b, g.pixels()), "{what}");
+    assert_exact(&format!("fold {what}"), &gf, &cf);
+}
+
+#[test]
+fn unfold_and_fold_match_cpu_on_several_geometries() {
+    let mut r = rng(51);
+    for case in CONV_CASES {
+        let (b, g) = geometry(case);
+        check_unfold_fold(&mut r, b, &g);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn unfold_and_fold_random_geometries(b in 1usize..4, k in 1usize..6, stride in 1usize..4,
+                                         pad_frac in 0.0f64..1.0, c in 1usize..4,
+                                         dh in 0usize..8, dw in 0usize..8, seed: u64) {
+        let pad = ((k as f64 * pad_frac) as usize).min(k - 1);
+        // The smallest image a k×k kernel fits in once padded, plus a random margin.
+        let min = k.saturating_sub(2 * pad).max(1);
+        let g = Geometry::new(min + dh, min + dw, c, k, stride, pad).expect("valid");
+        check_unfold_fold(&mut rng(seed), b, &g);
+    }
+}
+
+/// ⟨unfold(x), y⟩ = ⟨x, fold(y)⟩: in f64 on the CPU (to rounding), and on the GPU in f32.
+#[test]
+fn fold_is_the_adjoint_of_unfold() {
+    let mut r = rng(52);
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    for case in CONV_CASES {
+        let (b, g) = geometry(case);
+        let x = random_vec(&mut r, b * g.pixels(), -1.0, 1.0);
+        let y = random_vec(&mut r, b * g.positions() * g.patch(), -1.0, 1.0);
+        let cx = Mat::from_f32(b, g.pixels(), &x).unwrap();
+        let cy = Mat::from_f32(b * g.positions(), g.patch(), &y).unwrap();
+        let lhs = dot(&Cpu.unfold(&cx, &g).unwrap().data, &cy.data);
+        let rhs = dot(&cx.data, &Cpu.fold(&cy, &g).unwrap().data);
+        // Both sides sum the same products in another order: relative to Σ|terms|.
+        let scale = dot(
+            &Cpu.unfold(&cx, &g)
+                .unwrap()
+                .data
+                .iter()
+                .map(|v| v.abs())
+                .collect::<Vec<_>>(),
+            &cy.data.iter().map(|v| v.abs()).collect::<Vec<_>>(),
+        );
+        assert!(scale > 0.0, "{g:?}: degenerate test");
+        assert!(
+            (lhs - rhs).abs() <= 1e-13 * scale,
+            "{g:?}: ⟨unfold x, y⟩ = {lhs} but ⟨x, fold y⟩ = {rhs}"
+        );
+        let gx = gpu().upload(b, g.pixels(), &x).unwrap();
+        let gy = gpu().upload(b * g.positions(), g.patch(), &y).unwrap();
+        let gu: Vec<f64> = gpu().to_host(&gpu().unfold(&gx, &g).unwrap()).unwrap();
+        let gf: Vec<f64> = gpu().to_host(&gpu().fold(&gy, &g).unwrap()).unwrap();
+        let (gl, gr) = (dot(&gu, &cy.data), dot(&cx.data, &gf));
+        assert!(
+            (gl - lhs).abs() <= 1e-6 * scale && (gr - rhs).abs() <= 1e-6 * scale,
+            "{g:?} on the GPU: ⟨unfold x, y⟩ = {gl}, ⟨x, fold y⟩ = {gr}, f64: {lhs}"
+        );
+    }
+}
+
+/// The layout pinned down by hand, on both devices: pixel (y, x, c) = 100y + 10x + c + 1.
+#[test]
+fn unfold_layout_by_hand() {
+    let p = |y: usize, x: usize, c: usize| (100 * y + 10 * x + c + 1) as f32;
+    // 2×3 image, 2 channels, 2×2 kernel, stride 1, no padding: Ho = 1, Wo = 2.
+    let g = Geometry::new(2, 3, 2, 2, 1, 0).unwrap();
+    let img: Vec<f32> = (0..2)
+        .flat_map(|y| (0..3).flat_map(move |x| (0..2).map(move |c| p(y, x, c))))
+        .collect();
+    let want = vec![
+        1., 2., 11., 12., 101., 102., 111., 112., // window at x = 0
+        11., 12., 21., 22., 111., 112., 121., 122., // window at x = 1
+    ];
+    // 2×2 image, 1 channel, 3×3 kernel, stride 2, padding 1: one window, centred on (0, 0).
+    let g2 = Geometry::new(2, 2, 1, 3, 2, 1).unwrap();
+    let img2 = vec![p(0, 0, 0), p(0, 1, 0), p(1, 0, 0), p(1, 1, 0)];
+    let want2 = vec![0., 0., 0., 0., 1., 11., 0., 101., 111.];
+    for (g, img, want) in [(g, img, want), (g2, img2, want2)] {
+        let cpu = Cpu
+            .unfold(&Mat::from_f32(1, img.len(), &img).unwrap(), &g)
+            .unwrap();
+        assert_eq!(cpu.to_f32(), want, "CPU unfold {g:?}");
+        let gu = gpu()
+            .unfold(&gpu().upload(1, img.len(), &img).unwrap(), &g)
+            .unwrap();
+        assert_eq!(gpu().read(&gu).unwrap(), want, "GPU unfold {g:?}");
+    }
+    // Fold of all-ones patches counts how many windows see each pixel: 3×3 image, 2×2
+    // kernel, stride 1 gives the corners 1, edges 2, centre 4.
+    let g = Geometry::new(3, 3, 1, 2, 1, 0).unwrap();
+    let ones = gpu().full(g.positions(), g.patch(), 1.0).unwrap();
+    assert_eq!(
+        gpu().read(&gpu().fold(&ones, &g).unwrap()).unwrap(),
+        vec![1., 2., 1., 2., 4., 2., 1., 2., 1.]
+    );
+}
+
+/// out[b, oy, ox, f] = bias[f] + Σ W[(ky·k + kx)·C + c, f] · in[b, oy·s + ky − pad, ox·s + kx − pad, c],
+/// the definition written as plain loops.
+fn direct_conv(x: &Mat, w: &Mat, bias: &Mat, g: &Geometry) -> Vec<f64> {
+    let f = w.cols;
+    let (ho, wo) = (g.out_h(), g.out_w());
+    let mut out = vec![];
+    for b in 0..x.rows {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                for o in 0..f {
+                    let mut s = bias.data[o];
+                    for ky in 0..g.k {
+                        for kx in 0..g.k {
+                            let y = (oy * g.stride + ky) as isize - g.pad as isize;
+                            let xx = (ox * g.stride + kx) as isize - g.pad as isize;
+                            if y < 0 || xx < 0 || y >= g.h as isize || xx >= g.w as isize {
+                                continue;
+                            }
+                            for c in 0..g.c {
+                                let pix = x.at(b, ((y as usize) * g.w + xx as usize) * g.c + c);
+                                s += w.at((ky * g.k + kx) * g.c + c, o) * pix;
+                            }
+                        }
+                    }
+                    out.push(s);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn conv2d_matches_direct_convolution() {
+    let mut r = rng(53);
+    for (i, case) in CONV_CASES.into_iter().enumerate() {
+        let (b, g) = geometry(case);
+        let f = 1 + i % 4;
+        let (gx, cx) = random_pair(&mut r, b, g.pixels(), -1.0, 1.0);
+        let (gw, cw) = random_pair(&mut r, g.patch(), f, -1.0, 1.0);
+        let (gb, cb) = random_pair(&mut r, 1, f, -1.0, 1.0);
+        let want = direct_conv(&cx, &cw, &cb, &g);
+        let ct = Tape::new(Cpu);
+        let cy = conv2d(ct.leaf(cx), ct.leaf(cw), ct.leaf(cb), &g).unwrap();
+        assert_eq!(cy.shape(), (b, g.positions() * f), "{g:?}");
+        let e = rel_err(&cy.value().to_f32(), &want);
+        assert!(e < 1e-7, "CPU conv2d {g:?}: relative error {e:.3e}");
+        let gt = Tape::new(gpu());
+        let gy = conv2d(gt.leaf(gx), gt.leaf(gw), gt.leaf(gb), &g).unwrap();
+        assert_eq!(gy.shape(), (b, g.positions() * f), "{g:?}");
+        let e = rel_err(&gpu().read(&gy.value()).unwrap(), &want);
+        assert!(e < MATMUL_TOL, "GPU conv2d {g:?}: relative error {e:.3e}");
+    }
+}
+
+#[test]
+fn reshape_is_a_free_view_with_the_same_values() {
+    let mut r = rng(54);
+    let (gx, cx) = random_pair(&mut r, 6, 10, -1.0, 1.0);
+    let gy = gpu().reshape(&gx, 15, 4).unwrap();
+    assert!(gy.shares_buffer(&gx), "the GPU reshape copied");
+    assert_exact(
+        "reshape 6x10 → 15x4",
+        &gy,
+        &Cpu.reshape(&cx, 15, 4).unwrap(),
+    );
+    assert_eq!(Cpu.reshape(&cx, 15, 4).unwrap().data, cx.data);
+    let tape = Tape::new(gpu());
+    let y = tape.leaf(gx).reshape(3, 20).unwrap();
+    assert_eq!(y.shape(), (3, 20));
+    assert_eq!(gpu().read(&y.value()).unwrap(), cx.to_f32());
+}
+
+/// Shapes that do not fit, and geometries that make no sense: errors naming the problem,
+/// from the tape and from both backends directly (never a panic).
+#[test]
+fn conv_shape_errors_are_errors() {
+    let g = Geometry::new(5, 4, 2, 3, 2, 1).unwrap(); // Ho = 3, Wo = 2, patch 18
+    assert_eq!(
+        (g.out_h(), g.out_w(), g.positions(), g.patch()),
+        (3, 2, 6, 18)
+    );
+    // Invalid geometries.
+    for (h, w, c, k, s, pad, needle) in [
+        (0, 4, 2, 3, 1, 0, "positive"),
+        (5, 4, 0, 3, 1, 0, "positive"),
+        (5, 4, 2, 0, 1, 0, "positive"),
+        (5, 4, 2, 3, 0, 0, "positive"),
+        (5, 4, 2, 3, 1, 3, "padding 3"),
+        (5, 2, 2, 5, 1, 1, "does not fit"),
+        (1 << 20, 1 << 20, 1 << 20, 3, 1, 0, "2³²"),
+    ] {
+        match Geometry::new(h, w, c, k, s, pad) {
+            Err(Error::Invalid(m)) => assert!(m.contains(needle), "{m:?} lacks {needle:?}"),
+            other => panic!("geometry {h} {w} {c} {k} {s} {pad}: got {other:?}"),
+        }
+    }
+    let bad_geometry = Geometry { k: 0, ..g };
+    let tape = Tape::new(gpu());
+    let leaf = |rows: usize, cols: usize| tape.leaf(gpu().full(rows, cols, 0.5).unwrap());
+    let shape_err = |r: wmvl::Result<_>, needle: &str| match r {
+        Err(Error::Shape(m)) => assert!(m.contains(needle), "{m:?} lacks {needle:?}"),
+        Err(e) => panic!("expected a shape error naming {needle:?}, got {e:?}"),
+        Ok(_) => panic!("expected a shape error naming {needle:?}, got a value"),
+    };
+    shape_err(leaf(2, 39).unfold(&g).map(|_| ()), "H·W·C = 40");
+    shape_err(leaf(13, 18).fold(&g).map(|_| ()), "13 rows");
+    shape_err(leaf(12, 17).fold(&g).map(|_| ()), "k·k·C = 18");
+    shape_err(leaf(6, 10).reshape(7, 9).map(|_| ()), "60 elements");
+    assert!(matches!(
+        leaf(2, 40).unfold(&bad_geometry),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        leaf(6, 18).fold(&bad_geometry),
+        Err(Error::Invalid(_))
+    ));
+    let x = leaf(2, 40);
+    shape_err(
+        conv2d(x, leaf(17, 3), leaf(1, 3), &g).map(|_| ()),
+        "k·k·C = 18",
+    );
+    shape_err(
+        conv2d(x, leaf(18, 3), leaf(1, 4), &g).map(|_| ()),
+        "1×3 bias",
+    );
+    shape_err(
+        conv2d(x, leaf(18, 3), leaf(3, 1), &g).map(|_| ()),
+        "1×3 bias",
+    );
+    assert_eq!(
+        conv2d(x, leaf(18, 3), leaf(1, 3), &g).unwrap().shape(),
+        (2, 18)
+    );
+    // The backends refuse on their own too.
+    let m = |rows: usize, cols: usize| Mat::zeros(rows, cols);
+    assert!(matches!(Cpu.unfold(&m(2, 39), &g), Err(Error::Shape(_))));
+    assert!(matches!(Cpu.fold(&m(7, 18), &g), Err(Error::Shape(_))));
+    assert!(matches!(Cpu.reshape(&m(6, 10), 7, 9), Err(Error::Shape(_))));
+    assert!(matches!(
+        Cpu.unfold(&m(2, 40), &bad_geometry),
+        Err(Error::Invalid(_))
+    ));
+    let t = |rows: usize, cols: usize| gpu().full(rows, cols, 1.0).unwrap();
+    assert!(matches!(gpu().unfold(&t(2, 39), &g), Err(Error::Shape(_))));
+    assert!(matches!(gpu().fold(&t(6, 17), &g), Err(Error::Shape(_))));
+    assert!(matches!(
+        gpu().reshape(&t(6, 10), 7, 9),
+        Err(Error::Shape(_))
+    ));
+    assert!(matches!(
+        gpu().fold(&t(6, 18), &bad_geometry),
+        Err(Error::Invalid(_))
+    ));
 }
 
 // ---------------------------------------------------------------------------------------

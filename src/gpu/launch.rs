@@ -63,12 +63,14 @@ pub(crate) enum Kernel {
     WindowCols,
     GatherRows,
     ScatterAddRows,
+    Unfold,
+    Fold,
     Random,
     /// Optimiser step; the only kernel with the `update` binding layout.
     Update,
 }
 
-pub(crate) const KERNELS: usize = 17;
+pub(crate) const KERNELS: usize = 19;
 
 impl Kernel {
     fn source(self) -> (&'static str, &'static str) {
@@ -80,6 +82,7 @@ impl Kernel {
         let layout = include_str!("../../shaders/layout.wgsl");
         let reduce = include_str!("../../shaders/reduce.wgsl");
         let gather = include_str!("../../shaders/gather.wgsl");
+        let conv = include_str!("../../shaders/conv.wgsl");
         match self {
             Binary => (elementwise, "binary"),
             BinarySame => (elementwise, "binary_same"),
@@ -96,6 +99,8 @@ impl Kernel {
             WindowCols => (layout, "window_cols"),
             GatherRows => (gather, "gather_rows"),
             ScatterAddRows => (gather, "scatter_add_rows"),
+            Unfold => (conv, "unfold"),
+            Fold => (conv, "fold"),
             Random => (
                 concat!(
                     include_str!("../../shaders/philox_lib.wgsl"),

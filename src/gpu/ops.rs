@@ -1,6 +1,7 @@
 //! The [`Backend`] ops of the GPU: each records one or two kernel launches.
 
 use crate::backend::{Backend, RandomFill};
+use crate::conv::Geometry;
 use crate::error::{Error, Result};
 use crate::ops::{Axis, BinOp, Fun};
 use crate::rng::{words, Dist};
@@ -286,6 +287,25 @@ impl Gpu {
         Ok(idx)
     }
 
+    /// The parameter block of `shaders/conv.wgsl`: a_rows = H, a_cols = W, b_rows = C,
+    /// b_cols = k, u = [stride, pad, Ho, Wo]. Every value fits in u32 (checked by
+    /// [`Geometry::validate`]).
+    fn conv_params(g: &Geometry) -> Params {
+        Params {
+            a_rows: g.h as u32,
+            a_cols: g.w as u32,
+            b_rows: g.c as u32,
+            b_cols: g.k as u32,
+            u: [
+                g.stride as u32,
+                g.pad as u32,
+                g.out_h() as u32,
+                g.out_w() as u32,
+            ],
+            ..Default::default()
+        }
+    }
+
     fn window(&self, x: &Tensor, cols: usize, u0: usize, u1: usize) -> Result<Tensor> {
         let params = Params {
             a_cols: x.cols as u32,
@@ -468,6 +488,33 @@ impl Backend for Gpu {
             n,
             x.cols,
         )
+    }
+
+    fn unfold(&self, x: &Tensor, g: &Geometry) -> Result<Tensor> {
+        let rows = g.check_unfold(x.shape())?;
+        self.elementwise(
+            Kernel::Unfold,
+            Self::conv_params(g),
+            [Some(x.binding()), None],
+            rows,
+            g.patch(),
+        )
+    }
+
+    fn fold(&self, x: &Tensor, g: &Geometry) -> Result<Tensor> {
+        let batch = g.check_fold(x.shape())?;
+        self.elementwise(
+            Kernel::Fold,
+            Self::conv_params(g),
+            [Some(x.binding()), None],
+            batch,
+            g.pixels(),
+        )
+    }
+
+    /// A free view: every tensor is one contiguous row-major window of its buffer.
+    fn reshape(&self, x: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
+        x.reshaped(rows, cols)
     }
 }
 

@@ -94,9 +94,9 @@ impl Tensor {
     }
     /// The same window with another shape of the same length (a reshape, no copy).
     pub fn reshaped(&self, rows: usize, cols: usize) -> Result<Tensor> {
-        if rows * cols != self.len() {
+        if rows.checked_mul(cols) != Some(self.len()) {
             return Err(Error::Shape(format!(
-                "cannot view a {}x{} tensor as {rows}x{cols}",
+                "cannot view a {}x{} tensor as {rows}x{cols}: the element counts differ",
                 self.rows, self.cols
             )));
         }
