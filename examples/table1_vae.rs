@@ -370,11 +370,7 @@ fn run() -> Res<()> {
         "cell,seed,steps,nll,se,paper_nll,held_out_before,held_out_after,train_s,ais_s\n",
     );
     for row in &rows {
-        let paper = PAPER
-            .iter()
-            .find(|(n, _)| *n == row.name)
-            .map(|p| p.1)
-            .unwrap_or(f64::NAN);
+        let paper = common::lookup(&PAPER, &row.name);
         csv.push_str(&format!(
             "{},{},{},{:.4},{:.4},{},{:.4},{:.4},{:.1},{:.1}\n",
             row.name,
@@ -401,33 +397,19 @@ fn run() -> Res<()> {
         "paper",
         "held-out loss before→after"
     );
-    let mut names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
-    names.dedup();
-    for name in &names {
-        let mine: Vec<&Row> = rows.iter().filter(|r| &r.name == name).collect();
-        let k = mine.len() as f64;
-        let mean = |f: &dyn Fn(&Row) -> f64| mine.iter().map(|r| f(r)).sum::<f64>() / k;
-        let nll = mean(&|r| r.nll);
-        let pm = if mine.len() > 1 {
-            (mine.iter().map(|r| (r.nll - nll).powi(2)).sum::<f64>() / (k - 1.0)).sqrt()
-        } else {
-            mine[0].se
-        };
-        let paper = PAPER
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|p| p.1)
-            .unwrap_or(f64::NAN);
+    for cell in common::by_cell(&rows, |r| &r.name) {
+        let nll = cell.mean(|r| r.nll);
+        let pm = cell.sd(|r| r.nll).unwrap_or(cell.runs[0].se);
         println!(
             "{:<24} {:>6} {:>8.0} {:>15.2} ± {:<6.2} {:>8.2} {:>12.1} → {:.1}",
-            name,
-            mine.len(),
-            mean(&|r| r.steps as f64),
+            cell.name,
+            cell.runs.len(),
+            cell.mean(|r| r.steps as f64),
             nll,
             pm,
-            paper,
-            mean(&|r| r.before),
-            mean(&|r| r.after)
+            common::lookup(&PAPER, &cell.name),
+            cell.mean(|r| r.before),
+            cell.mean(|r| r.after)
         );
     }
     wmvl::fsutil::write_atomic(&csv_path, csv.as_bytes())?;

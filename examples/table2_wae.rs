@@ -304,7 +304,6 @@ fn run() -> Res<()> {
         );
         rows.push(run_cell(&gpu, &o, cfg, &mnist.train, test, &scorer)?);
     }
-    let paper = |name: &str| PAPER.iter().find(|p| p.0 == name).map_or(f64::NAN, |p| p.1);
     let mut csv = String::from(
         "cell,seed,steps,fid,paper_fid,fid_untrained,fid_training_digits,cross_entropy_before,cross_entropy_after,train_s\n",
     );
@@ -315,7 +314,7 @@ fn run() -> Res<()> {
             row.seed,
             row.steps,
             row.fid,
-            paper(&row.name),
+            common::lookup(&PAPER, &row.name),
             row.fid_before,
             floor,
             row.rec_before,
@@ -327,29 +326,20 @@ fn run() -> Res<()> {
         "\n{:<16} {:>5} {:>8} {:>20} {:>8} {:>26}",
         "cell", "runs", "steps", "FID ± sd over runs", "paper", "held-out cross-entropy"
     );
-    let mut names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
-    names.dedup();
-    for name in &names {
-        let mine: Vec<&Row> = rows.iter().filter(|r| &r.name == name).collect();
-        let k = mine.len() as f64;
-        let mean = |f: &dyn Fn(&Row) -> f64| mine.iter().map(|r| f(r)).sum::<f64>() / k;
-        let fid = mean(&|r| r.fid);
-        let sd = if mine.len() > 1 {
-            let v = mine.iter().map(|r| (r.fid - fid).powi(2)).sum::<f64>() / (k - 1.0);
-            format!("{:.2}", v.sqrt())
-        } else {
-            "–".to_string()
-        };
+    for cell in common::by_cell(&rows, |r| &r.name) {
+        let sd = cell
+            .sd(|r| r.fid)
+            .map_or("–".to_string(), |v| format!("{v:.2}"));
         println!(
             "{:<16} {:>5} {:>8.0} {:>12.2} ± {:<5} {:>8.2} {:>14.1} → {:.1}",
-            name,
-            mine.len(),
-            mean(&|r| r.steps as f64),
-            fid,
+            cell.name,
+            cell.runs.len(),
+            cell.mean(|r| r.steps as f64),
+            cell.mean(|r| r.fid),
             sd,
-            paper(name),
-            mean(&|r| r.rec_before),
-            mean(&|r| r.rec_after)
+            common::lookup(&PAPER, &cell.name),
+            cell.mean(|r| r.rec_before),
+            cell.mean(|r| r.rec_after)
         );
     }
     wmvl::fsutil::write_atomic(&csv_path, csv.as_bytes())?;

@@ -406,12 +406,7 @@ impl<'g> LeNet<'g> {
         let leaves: Vec<Var<'_, &Gpu>> = self.params.iter().map(|p| tape.leaf(p.clone())).collect();
         let out = forward(&leaves, xv)?;
         let loss = cross_entropy(out.logits, yv)?;
-        let grads: Vec<Tensor> = tape
-            .grad(loss, &leaves, false)?
-            .iter()
-            .map(|g| g.value())
-            .collect();
-        opt.step(gpu, &self.params, &grads)?;
+        opt.minimize(gpu, loss, &leaves, &self.params)?;
         Ok(loss.value())
     }
 

@@ -5,6 +5,7 @@
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::tape::Var;
 
 /// Update rule and its hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -115,6 +116,24 @@ impl Optimizer {
             state,
             packed,
         })
+    }
+
+    /// One descent step on `loss`: its gradients with respect to `leaves` (the tape's leaves
+    /// for `params`, in the same order) applied to `params`. Records kernels; does not wait.
+    pub fn minimize<'t, 'g>(
+        &mut self,
+        gpu: &'g Gpu,
+        loss: Var<'t, &'g Gpu>,
+        leaves: &[Var<'t, &'g Gpu>],
+        params: &[Tensor],
+    ) -> Result<()> {
+        let grads: Vec<Tensor> = loss
+            .tape()
+            .grad(loss, leaves, false)?
+            .iter()
+            .map(|g| g.value())
+            .collect();
+        self.step(gpu, params, &grads)
     }
 
     /// θ ← update(θ, ∇θ) in place, for every parameter. Records kernels; does not wait.

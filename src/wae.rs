@@ -283,14 +283,9 @@ impl<'g> Wae<'g> {
         let loss = rec.add(surrogate.scale(self.cfg.lambda)?)?.mean_all()?;
         let mut leaves = enc.leaves.clone();
         leaves.extend(&dec.leaves);
-        let grads: Vec<Tensor> = tape
-            .grad(loss, &leaves, false)?
-            .iter()
-            .map(|g| g.value())
-            .collect();
         let mut params = self.encoder.params();
         params.extend(self.decoder.params());
-        self.opt.step(gpu, &params, &grads)?;
+        self.opt.minimize(gpu, loss, &leaves, &params)?;
         self.steps_done += 1;
         Ok([
             rec.mean_all()?.value(),
@@ -345,12 +340,8 @@ impl<'g> Wae<'g> {
             }
         };
         let (loss, leaves) = loss;
-        let grads: Vec<Tensor> = tape
-            .grad(loss, &leaves, false)?
-            .iter()
-            .map(|g| g.value())
-            .collect();
-        self.opt_critic.step(gpu, &self.critic.params(), &grads)?;
+        self.opt_critic
+            .minimize(gpu, loss, &leaves, &self.critic.params())?;
         Ok(loss.value())
     }
 

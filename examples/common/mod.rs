@@ -247,3 +247,45 @@ pub fn train_cell(
     }
     Ok((done, t.elapsed().as_secs_f64()))
 }
+
+/// A table's training runs grouped by cell, in order of first appearance.
+pub struct CellRuns<'a, R> {
+    pub name: String,
+    pub runs: Vec<&'a R>,
+}
+
+impl<R> CellRuns<'_, R> {
+    /// The mean of `f` over the runs.
+    pub fn mean(&self, f: impl Fn(&R) -> f64) -> f64 {
+        self.runs.iter().map(|r| f(r)).sum::<f64>() / self.runs.len() as f64
+    }
+
+    /// The sample standard deviation of `f` over the runs (`None` for a single run).
+    pub fn sd(&self, f: impl Fn(&R) -> f64) -> Option<f64> {
+        let k = self.runs.len();
+        let m = self.mean(&f);
+        (k > 1).then(|| {
+            (self.runs.iter().map(|r| (f(r) - m).powi(2)).sum::<f64>() / (k - 1) as f64).sqrt()
+        })
+    }
+}
+
+/// `rows` grouped by `name`.
+pub fn by_cell<'a, R>(rows: &'a [R], name: impl Fn(&R) -> &str) -> Vec<CellRuns<'a, R>> {
+    let mut out: Vec<CellRuns<'a, R>> = Vec::new();
+    for r in rows {
+        match out.iter_mut().find(|c| c.name == name(r)) {
+            Some(c) => c.runs.push(r),
+            None => out.push(CellRuns {
+                name: name(r).to_string(),
+                runs: vec![r],
+            }),
+        }
+    }
+    out
+}
+
+/// A reference value by name from a table of (name, value), NaN when absent.
+pub fn lookup(table: &[(&str, f64)], name: &str) -> f64 {
+    table.iter().find(|p| p.0 == name).map_or(f64::NAN, |p| p.1)
+}

@@ -245,14 +245,9 @@ impl<'g> Vae<'g> {
         let loss = per_sample.mean_all()?;
         let mut leaves = enc.leaves.clone();
         leaves.extend(&dec.leaves);
-        let grads: Vec<Tensor> = tape
-            .grad(loss, &leaves, false)?
-            .iter()
-            .map(|g| g.value())
-            .collect();
         let mut params = self.encoder.params();
         params.extend(self.decoder.params());
-        self.opt.step(gpu, &params, &grads)?;
+        self.opt.minimize(gpu, loss, &leaves, &params)?;
         self.steps_done += 1;
         let zero = || gpu.full(1, 1, 0.0);
         Ok([
@@ -293,15 +288,10 @@ impl<'g> Vae<'g> {
             ..Config::default()
         };
         let est = estimate(Objective::Mvl, &cfg, &cond, form, Some(noise))?;
-        let grads: Vec<Tensor> = tape
-            .grad(est.loss, &bound.leaves, false)?
-            .iter()
-            .map(|g| g.value())
-            .collect();
         let (Some(model), Some(opt)) = (self.energy.as_ref(), self.opt_energy.as_mut()) else {
             return Err(no_energy());
         };
-        opt.step(gpu, &model.params(), &grads)?;
+        opt.minimize(gpu, est.loss, &bound.leaves, &model.params())?;
         Ok(est.loss.value())
     }
 
