@@ -13,10 +13,11 @@ rm -rf .gpu .gl
 mkdir -p .gl .gpu/bin
 cp "$shared"/gpu/gl/*.deb .gl/
 cp "$shared"/bench/*.py scripts/bench.py .gpu/
-cargo build --release --bin wmvl --example mvl_step --example table1_vae
-cp target/release/wmvl target/release/examples/mvl_step target/release/examples/table1_vae .gpu/bin/
+cargo build --release --bin wmvl --example mvl_step --example table1_vae --example table2_wae
+cp target/release/wmvl target/release/examples/mvl_step target/release/examples/table1_vae \
+    target/release/examples/table2_wae .gpu/bin/
 # The suites that need no files beyond the repository (which travels with the call).
-for t in fused kernels gradients ais vae; do
+for t in fused kernels gradients ais vae wae lenet fid_mnist; do
     exe=$(cargo test --release --no-run --test "$t" 2>&1 | grep -o "target/release/deps/$t-[0-9a-f]*" | tail -1)
     cp "$exe" ".gpu/bin/t_$t"
 done
