@@ -303,7 +303,7 @@ impl<'g> Wae<'g> {
         let z = self.encode(&tape, &enc, xv)?.detach();
         let (rows, _) = x.shape();
         let scale = self.cfg.scale();
-        let loss = match self.cfg.divergence {
+        let (loss, leaves) = match self.cfg.divergence {
             Divergence::Mvl => {
                 let form = match self.cfg.latent {
                     Latent::Sphere => sphere_chart_form(z)?,
@@ -339,7 +339,6 @@ impl<'g> Wae<'g> {
                 (loss, bound.leaves)
             }
         };
-        let (loss, leaves) = loss;
         self.opt_critic
             .minimize(gpu, loss, &leaves, &self.critic.params())?;
         Ok(loss.value())
