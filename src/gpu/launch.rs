@@ -203,6 +203,11 @@ pub(crate) struct Launcher {
     pub cache: std::sync::Mutex<HashMap<BindKey, Arc<wgpu::BindGroup>>>,
     /// Bind groups created so far (cached and custom), for tests and reports.
     pub created: std::sync::atomic::AtomicU64,
+    /// Custom layouts by storage signature, and custom kernels by (layout, source, entry):
+    /// a driver compiles a kernel when its pipeline is made (lavapipe: seconds for a fused
+    /// step), so steps built again for the same model and settings reuse them.
+    pub custom_layouts: std::sync::Mutex<Vec<(Vec<bool>, Arc<CustomLayout>)>>,
+    pub custom_kernels: std::sync::Mutex<HashMap<(usize, u64, String), Arc<CustomKernel>>>,
 }
 
 fn uniform_entry() -> wgpu::BindGroupLayoutEntry {
@@ -271,6 +276,8 @@ impl Launcher {
             param_stride,
             cache: Default::default(),
             created: Default::default(),
+            custom_layouts: Default::default(),
+            custom_kernels: Default::default(),
         }
     }
 }
@@ -326,6 +333,54 @@ impl Gpu {
             pipeline,
             read_only: read_only.to_vec(),
         }
+    }
+
+    /// The layout of [`Gpu::custom_layout`], made once per signature for this device.
+    pub fn shared_layout(&self, read_only: &[bool]) -> Result<Arc<CustomLayout>> {
+        let mut all = self
+            .launcher
+            .custom_layouts
+            .lock()
+            .map_err(|_| Error::Gpu("layout cache poisoned".into()))?;
+        if let Some((_, l)) = all.iter().find(|(r, _)| r == read_only) {
+            return Ok(l.clone());
+        }
+        let l = Arc::new(self.custom_layout(read_only));
+        all.push((read_only.to_vec(), l.clone()));
+        Ok(l)
+    }
+
+    /// The kernel `entry` of WGSL `source` on a shared `layout`, compiled once per device:
+    /// a later request for the same source and entry gets the same pipeline.
+    pub fn cached_kernel(
+        &self,
+        layout: &Arc<CustomLayout>,
+        source: &str,
+        label: &str,
+        entry: &str,
+    ) -> Result<Arc<CustomKernel>> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        source.hash(&mut h);
+        let key = (Arc::as_ptr(layout) as usize, h.finish(), entry.to_string());
+        let found = self
+            .launcher
+            .custom_kernels
+            .lock()
+            .map_err(|_| Error::Gpu("kernel cache poisoned".into()))?
+            .get(&key)
+            .cloned();
+        if let Some(k) = found {
+            return Ok(k);
+        }
+        let module = self.custom_module(label, source)?;
+        let k = self.custom_kernel(layout, &module, label, entry, &[])?;
+        self.launcher
+            .custom_kernels
+            .lock()
+            .map_err(|_| Error::Gpu("kernel cache poisoned".into()))?
+            .insert(key, k.clone());
+        Ok(k)
     }
 
     /// Compile WGSL for custom kernels (`shaders/common.wgsl` is not prepended).

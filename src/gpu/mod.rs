@@ -23,6 +23,47 @@ pub use pool::{Index, Tensor};
 use launch::{Dispatch, Launcher};
 use pool::{Pool, PooledBuffer};
 
+/// A download under way ([`Gpu::read_async`]).
+pub struct PendingRead {
+    staging: wgpu::Buffer,
+    index: wgpu::SubmissionIndex,
+    done: Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>>,
+    len: usize,
+}
+
+impl PendingRead {
+    /// The values, once the copy's submission has run (later submissions keep running).
+    pub fn wait(self, gpu: &Gpu) -> Result<Vec<f32>> {
+        let start = std::time::Instant::now();
+        let mapped = loop {
+            gpu.device
+                .poll(wgpu::PollType::Wait {
+                    submission_index: Some(self.index.clone()),
+                    timeout: None,
+                })
+                .map_err(|e| Error::DeviceLost(e.to_string()))?;
+            gpu.check()?;
+            if let Some(r) = self.done.lock().ok().and_then(|mut s| s.take()) {
+                break r;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(60) {
+                return Err(Error::DeviceLost("readback never completed".into()));
+            }
+            std::thread::yield_now();
+        };
+        mapped.map_err(|e| Error::Gpu(format!("reading back a tensor: {e}")))?;
+        let data: Vec<f32> = bytemuck::pod_collect_to_vec(
+            &self
+                .staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(format!("mapping a readback buffer: {e}")))?,
+        );
+        self.staging.unmap();
+        Ok(data[..self.len].to_vec())
+    }
+}
+
 /// What the adapter is and what we got from it.
 #[derive(Clone, Debug)]
 pub struct AdapterReport {
@@ -385,6 +426,38 @@ impl Gpu {
             .to_vec();
         staging.unmap();
         Ok(data[..bytes as usize].to_vec())
+    }
+
+    /// Start downloading a tensor without waiting: the copy is submitted after everything
+    /// recorded so far, and [`PendingRead::wait`] waits for that submission only, so the GPU
+    /// keeps running what is recorded after it.
+    pub fn read_async(&self, t: &Tensor) -> Result<PendingRead> {
+        self.flush()?;
+        let bytes = (4 * t.len() as u64).max(4);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wmvl async readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(t.buf.raw(), t.offset, &staging, 0, bytes);
+        let index = self.queue.submit([encoder.finish()]);
+        let done: Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>> =
+            Arc::new(Mutex::new(None));
+        let d = done.clone();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            if let Ok(mut s) = d.lock() {
+                *s = Some(r);
+            }
+        });
+        self.check()?;
+        Ok(PendingRead {
+            staging,
+            index,
+            done,
+            len: t.len(),
+        })
     }
 
     /// Download a tensor (flushes and waits: the only host round trip).
