@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::fused::{FusedData, FusedMvl, Path};
+use crate::fused::{FusedData, FusedMvl, Path, Segment};
 use crate::gpu::{Gpu, Tensor};
 use crate::model::{HostParams, Model};
 use crate::objective::{self, estimate, Energy, Objective};
@@ -15,9 +15,6 @@ use crate::optim::{Optimizer, Rule};
 use crate::progress::Progress;
 use crate::rng::{Dist, Rng};
 use crate::tape::Tape;
-
-/// Steps recorded per queue submission between loss readings.
-const SUBMIT_EVERY: usize = 8;
 
 /// Everything a training run needs besides the model and data.
 #[derive(Clone, Debug)]
@@ -48,6 +45,11 @@ pub struct TrainConfig {
     pub diverge_factor: f64,
     /// Tape or fused kernels (`Auto`: fused wherever the model and objective allow).
     pub path: Path,
+    /// Steps recorded into one queue submission (the GPU runs them while the next ones are
+    /// recorded); a loss reading also ends a submission.
+    pub steps_per_submit: usize,
+    /// The fused step's shape (`Auto`: chosen for the adapter, or `WMVL_FUSED_SHAPE`).
+    pub shape: crate::fused::ShapeChoice,
 }
 
 impl Default for TrainConfig {
@@ -67,6 +69,8 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             diverge_factor: 1e3,
             path: Path::Auto,
+            steps_per_submit: 100,
+            shape: crate::fused::ShapeChoice::Auto,
         }
     }
 }
@@ -125,6 +129,17 @@ pub struct TrainState {
     pub first_loss: Option<f64>,
 }
 
+/// A loss reading under way (fused path): the ring read without waiting, for the losses of
+/// optimiser steps from + 1 ..= to, and the state after them (the good one if they are).
+struct Reading {
+    step: usize,
+    from: u32,
+    to: u32,
+    read: crate::gpu::PendingRead,
+    snapshot: FullSnapshot,
+    elapsed: std::time::Duration,
+}
+
 /// Parameters (and spectral-norm vectors) copied on the GPU.
 struct Snapshot {
     step: usize,
@@ -164,6 +179,9 @@ struct Fused<'g> {
     step: FusedMvl<'g>,
     train: FusedData,
     heldout: Option<FusedData>,
+    /// The random stream and learning rate of the steps recorded since the last restore;
+    /// every step of a segment has the same parameter block (the device counts the steps).
+    segment: Option<(Segment, usize)>,
 }
 
 fn copy(gpu: &Gpu, t: &Tensor) -> Result<Tensor> {
@@ -204,10 +222,17 @@ impl<'g> Trainer<'g> {
                 )));
             }
         }
-        if cfg.batch == 0 || cfg.log_every == 0 {
+        if cfg.batch == 0 || cfg.log_every == 0 || cfg.steps_per_submit == 0 {
             return Err(Error::Invalid(
-                "batch and log_every must be positive".into(),
+                "batch, log_every and steps_per_submit must be positive".into(),
             ));
+        }
+        if cfg.log_every > 1 << 19 {
+            return Err(Error::Invalid(format!(
+                "log_every {} is more than the loss ring keeps; read the loss at least every {} steps",
+                cfg.log_every,
+                1 << 19
+            )));
         }
         let mut model = model;
         // The optimiser's state is packed in the layout of the parameters' shapes, which is
@@ -215,7 +240,22 @@ impl<'g> Trainer<'g> {
         let opt = Optimizer::new(gpu, cfg.rule, cfg.lr, &model.params())?;
         let mut path_note = None;
         let fused = match cfg.path.use_fused(&model.arch, cfg.objective, &cfg.obj)? {
-            true => match FusedMvl::new(gpu, &mut model, &cfg.obj, cfg.batch, Some(&opt)) {
+            true => match FusedMvl::build(
+                gpu,
+                &mut model,
+                &cfg.obj,
+                cfg.batch,
+                Some(&opt),
+                &crate::fused::Options {
+                    shape: match cfg.shape {
+                        crate::fused::ShapeChoice::Auto => crate::fused::ShapeChoice::from_env()?,
+                        s => s,
+                    },
+                    // Two log intervals: a reading is handled one interval after it was taken.
+                    ring: (2 * cfg.log_every + 1).clamp(1024, 1 << 20),
+                    ..Default::default()
+                },
+            ) {
                 Ok(step) => {
                     let train = step.bind(&data, None)?;
                     let heldout = heldout.as_ref().map(|h| step.bind(h, None)).transpose()?;
@@ -223,6 +263,7 @@ impl<'g> Trainer<'g> {
                         step,
                         train,
                         heldout,
+                        segment: None,
                     })
                 }
                 // `Auto` runs on the tape what the fused step cannot hold in one binding.
@@ -268,16 +309,57 @@ impl<'g> Trainer<'g> {
         self.fused.as_ref().map(|f| f.step.launches_per_step())
     }
 
+    /// The fused step (fused path), for reports.
+    pub fn fused_step(&self) -> Option<&FusedMvl<'g>> {
+        self.fused.as_ref().map(|f| &f.step)
+    }
+
+    /// The learning rate's change per step: linear decay from `lr` to `lr_final` over the
+    /// run, or none.
+    fn lr_slope(&self) -> f32 {
+        match self.cfg.lr_final {
+            Some(end) => (end - self.cfg.lr) / self.cfg.steps.max(1) as f32,
+            None => 0.0,
+        }
+    }
+
+    /// The learning rate at `steps_done` steps.
+    fn lr_at(&self, steps_done: usize) -> f32 {
+        self.cfg.lr + self.lr_slope() * steps_done as f32
+    }
+
     /// Record one training step (nothing is waited for); returns the loss tensor (1, 1). On the
     /// fused path it is a window of the step's workspace: read it before recording the next
     /// step (or copy it).
     pub fn record_step(&mut self) -> Result<Tensor> {
-        if let Some(f) = &self.fused {
-            // The same two draws as the tape path: minibatch rows, then noise.
-            let rows = self.rng.next_draw();
-            let noise = self.rng.next_draw();
+        let lr_slope = self.lr_slope();
+        if let Some(f) = &mut self.fused {
+            // The same two draws as the tape path (minibatch rows, then noise), from the
+            // segment's stream at the device counter's step.
+            let (t, stream) = (self.opt.t, self.rng.stream);
+            let continues = f.segment.is_some_and(|(s, _)| {
+                s.lr_slope == lr_slope
+                    && t >= s.t_base
+                    && stream == s.stream + 2 * (t - s.t_base) as u64
+            });
+            if !continues {
+                let seg = Segment {
+                    seed: self.rng.seed,
+                    stream,
+                    t_base: t,
+                    // The rate as the tape computes it: from the run's first step.
+                    lr0: self.cfg.lr,
+                    lr_slope,
+                    lr_t0: t.saturating_sub(self.steps_done as u32),
+                    draws: 2,
+                };
+                f.segment = Some((seg, self.steps_done));
+            }
+            let (seg, _) = f.segment.expect("set above");
             f.step
-                .record_step(&f.train, &mut self.model, &mut self.opt, rows, noise)?;
+                .record_step(&f.train, &mut self.model, &mut self.opt, &seg)?;
+            self.rng.next_draw();
+            self.rng.next_draw();
             self.steps_done += 1;
             return f.step.loss();
         }
@@ -375,10 +457,14 @@ impl<'g> Trainer<'g> {
         let mut params_step = self.steps_done;
         let total = self.cfg.steps;
         let first = self.steps_done;
+        // Fused path: a loss reading at a log point is read without waiting and handled at
+        // the next one, so the GPU runs the steps recorded in between (the losses of every
+        // step are in the step's ring; a reading checks them all).
+        let mut pending: Option<Reading> = None;
+        let mut read_to = self.opt.t;
         while self.steps_done < total {
-            if let Some(end) = self.cfg.lr_final {
-                let frac = self.steps_done as f32 / total.max(1) as f32;
-                self.opt.lr = self.cfg.lr + (end - self.cfg.lr) * frac;
+            if self.cfg.lr_final.is_some() {
+                self.opt.lr = self.lr_at(self.steps_done);
             }
             let loss_t = self.record_step()?;
             let done = self.steps_done;
@@ -393,22 +479,45 @@ impl<'g> Trainer<'g> {
             if !(log_now || eval_now || checkpoint_now || first_now) {
                 // Hand the GPU what is recorded every few steps without waiting, so that it
                 // runs them while the next ones are recorded.
-                if done.is_multiple_of(SUBMIT_EVERY) {
+                if done.is_multiple_of(self.cfg.steps_per_submit) {
                     self.gpu.flush()?;
                 }
                 continue;
             }
-            // The only host round trip: one number every log_every steps.
-            let loss = self.gpu.read(&loss_t)?[0] as f64;
-            if first_now && loss.is_finite() {
-                self.first_loss = Some(loss);
+            let lagged = self.fused.is_some()
+                && !(eval_now || checkpoint_now || first_now || stopping || done == total);
+            if lagged {
+                let reading = self.start_reading(read_to, start.elapsed())?;
+                read_to = self.opt.t;
+                if let Some(prev) = pending.replace(reading) {
+                    self.finish_reading(prev, &mut good, &mut history, first, on_event)?;
+                }
+                continue;
+            }
+            if let Some(prev) = pending.take() {
+                self.finish_reading(prev, &mut good, &mut history, first, on_event)?;
+            }
+            // A reading the host waits for: every step's loss since the last reading (the
+            // fused ring) or this step's.
+            let losses = match &self.fused {
+                Some(_) => {
+                    let r = self.start_reading(read_to, start.elapsed())?;
+                    let l = r.read.wait(self.gpu)?;
+                    self.ring_losses(&l, r.from, r.to)
+                }
+                None => vec![self.gpu.read(&loss_t)?[0] as f64],
+            };
+            read_to = self.opt.t;
+            let loss = *losses.last().unwrap_or(&f64::NAN);
+            if first_now {
+                self.first_loss = losses.iter().copied().find(|l| l.is_finite());
             }
             let heldout = if eval_now {
                 self.heldout_value()?
             } else {
                 None
             };
-            if let Some(why) = self.divergence(loss, heldout) {
+            if let Some(why) = self.divergence(&losses, heldout) {
                 self.restore_full(&good)?;
                 return Err(Error::Diverged(format!(
                     "{why} by step {done} (last good reading at step {}); the parameters and optimiser were reset to that step — lower the learning rate or the step size",
@@ -430,31 +539,7 @@ impl<'g> Trainer<'g> {
                     loss,
                     heldout,
                 };
-                let label = if self.cfg.objective.is_loss() {
-                    "loss"
-                } else {
-                    "cd-1 surrogate (not a loss)"
-                };
-                let progress = Progress {
-                    what: "train",
-                    done: done - first,
-                    total: total - first,
-                    unit: "steps",
-                    elapsed: start.elapsed(),
-                    detail: format!(
-                        "step {done}/{total}  {label} {loss:.4}{}",
-                        heldout
-                            .map(|h| format!("  held-out {h:.4}"))
-                            .unwrap_or_default()
-                    ),
-                };
-                on_event(
-                    &Event::Log {
-                        point: &point,
-                        progress: &progress,
-                    },
-                    self,
-                )?;
+                self.log_event(&point, first, start.elapsed(), on_event)?;
                 history.push(point);
             }
             if checkpoint_now {
@@ -476,6 +561,9 @@ impl<'g> Trainer<'g> {
                 break;
             }
         }
+        if let Some(prev) = pending.take() {
+            self.finish_reading(prev, &mut good, &mut history, first, on_event)?;
+        }
         self.gpu.sync()?;
         Ok(Summary {
             steps_done: self.steps_done.saturating_sub(first),
@@ -488,17 +576,125 @@ impl<'g> Trainer<'g> {
         })
     }
 
+    /// Start reading the losses of optimiser steps `from` + 1 ..= now (fused path) without
+    /// waiting, with the state after them (good if they are).
+    fn start_reading(&self, from: u32, elapsed: std::time::Duration) -> Result<Reading> {
+        let f = self
+            .fused
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("a ring reading needs the fused path".into()))?;
+        let to = self.opt.t;
+        if (to - from) as usize > f.step.ring_len() {
+            return Err(Error::Invalid(format!(
+                "{} steps between loss readings, more than the ring's {} (internal error)",
+                to - from,
+                f.step.ring_len()
+            )));
+        }
+        Ok(Reading {
+            step: self.steps_done,
+            from,
+            to,
+            read: self.gpu.read_async(&f.step.ring()?)?,
+            snapshot: self.full_snapshot()?,
+            elapsed,
+        })
+    }
+
+    /// The losses of optimiser steps from + 1 ..= to from the ring's words.
+    fn ring_losses(&self, words: &[f32], from: u32, to: u32) -> Vec<f64> {
+        let n = words.len().max(1);
+        (from..to).map(|t| words[t as usize % n] as f64).collect()
+    }
+
+    /// Handle a reading started at an earlier log point: its losses are checked (divergence
+    /// goes back to the last good state), its state becomes the good one, its log event is
+    /// sent.
+    fn finish_reading(
+        &mut self,
+        r: Reading,
+        good: &mut FullSnapshot,
+        history: &mut Vec<LogPoint>,
+        first: usize,
+        on_event: &mut dyn FnMut(&Event, &Trainer<'g>) -> Result<()>,
+    ) -> Result<()> {
+        let words = r.read.wait(self.gpu)?;
+        let losses = self.ring_losses(&words, r.from, r.to);
+        if let Some(why) = self.divergence(&losses, None) {
+            self.restore_full(good)?;
+            return Err(Error::Diverged(format!(
+                "{why} by step {} (last good reading at step {}); the parameters and optimiser were reset to that step — lower the learning rate or the step size",
+                r.step, good.params.step
+            )));
+        }
+        *good = r.snapshot;
+        let point = LogPoint {
+            step: r.step,
+            loss: *losses.last().unwrap_or(&f64::NAN),
+            heldout: None,
+        };
+        self.log_event(&point, first, r.elapsed, on_event)?;
+        history.push(point);
+        Ok(())
+    }
+
+    fn log_event(
+        &self,
+        point: &LogPoint,
+        first: usize,
+        elapsed: std::time::Duration,
+        on_event: &mut dyn FnMut(&Event, &Trainer<'g>) -> Result<()>,
+    ) -> Result<()> {
+        let total = self.cfg.steps;
+        let label = if self.cfg.objective.is_loss() {
+            "loss"
+        } else {
+            "cd-1 surrogate (not a loss)"
+        };
+        let progress = Progress {
+            what: "train",
+            done: point.step - first,
+            total: total - first,
+            unit: "steps",
+            elapsed,
+            detail: format!(
+                "step {}/{total}  {label} {:.4}{}",
+                point.step,
+                point.loss,
+                point
+                    .heldout
+                    .map(|h| format!("  held-out {h:.4}"))
+                    .unwrap_or_default()
+            ),
+        };
+        on_event(
+            &Event::Log {
+                point,
+                progress: &progress,
+            },
+            self,
+        )
+    }
+
     /// Why the run counts as diverged at this reading, if it does.
     /// Why the run counts as diverged at this reading, if it does: a NaN/Inf loss or held-out
     /// value; for a loss, a rise of more than F × its initial scale above the initial loss
     /// (training lowers a loss); any value beyond F² × that scale (F = `diverge_factor`, the
     /// scale max(1, |initial loss|)).
-    fn divergence(&self, loss: f64, heldout: Option<f64>) -> Option<String> {
+    fn divergence(&self, losses: &[f64], heldout: Option<f64>) -> Option<String> {
+        losses
+            .iter()
+            .find_map(|&l| self.divergence_of(l))
+            .or_else(|| {
+                heldout
+                    .filter(|h| !h.is_finite())
+                    .map(|h| format!("the held-out value became {h}"))
+            })
+    }
+
+    fn divergence_of(&self, loss: f64) -> Option<String> {
         if !loss.is_finite() {
             return Some(format!("the loss became {loss}"));
-        }
-        if let Some(h) = heldout.filter(|h| !h.is_finite()) {
-            return Some(format!("the held-out value became {h}"));
         }
         let f = self.cfg.diverge_factor;
         let first = self.first_loss.unwrap_or(0.0);
@@ -677,7 +873,7 @@ pub fn evaluate_fused<'g>(
     seed: u64,
 ) -> Result<(f64, f64)> {
     let n = data.rows();
-    let chunk = step.plan().b;
+    let chunk = step.eval_rows();
     let mut pending = Vec::new();
     for (c, start) in (0..n).step_by(chunk).enumerate() {
         let rows = chunk.min(n - start);

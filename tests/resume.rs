@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use wmvl::checkpoint::Checkpoint;
 use wmvl::data::Toy;
 use wmvl::error::Error;
-use wmvl::fused::Path as KernelPath;
+use wmvl::fused::{Path as KernelPath, ShapeChoice};
 use wmvl::gpu::Gpu;
 use wmvl::model::{Arch, HostParams, Init, Model};
 use wmvl::saved_run::{load_state, partial_path, run_checkpoint};
@@ -46,8 +46,9 @@ fn params(tr: &Trainer) -> Vec<f32> {
         .collect()
 }
 
-fn resumed_equals_uninterrupted(path: KernelPath) {
+fn resumed_equals_uninterrupted(path: KernelPath, shape: ShapeChoice) {
     let cfg = TrainConfig {
+        shape,
         steps: 12,
         batch: 32,
         log_every: 4,
@@ -80,7 +81,10 @@ fn resumed_equals_uninterrupted(path: KernelPath) {
         assert_eq!((s.steps_done, first.steps_done), (1, k));
     }
     assert_eq!(first.steps_done, 6);
-    let dir = std::env::temp_dir().join(format!("wmvl-resume-{}-{path:?}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "wmvl-resume-{}-{path:?}-{shape:?}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("run.safetensors");
     run_checkpoint(gpu(), &first, &[("note".into(), "test".into())])
@@ -103,9 +107,13 @@ fn resumed_equals_uninterrupted(path: KernelPath) {
         .zip(&b)
         .map(|(x, y)| (x - y).abs() / x.abs().max(1e-3))
         .fold(0.0f32, f32::max);
+    // The fused step draws from the device counter and computes its learning rate and
+    // Adam's corrections there, from the same values: bit for bit. The tape's host-side rate
+    // schedule rounds differently after a restart.
+    let tolerance = if path == KernelPath::Fused { 0.0 } else { 1e-5 };
     assert!(
-        worst <= 1e-5,
-        "{path:?}: resumed run differs from the uninterrupted one by {worst:e} (relative)"
+        worst <= tolerance,
+        "{path:?} ({shape:?}): resumed run differs from the uninterrupted one by {worst:e} (relative)"
     );
     assert_eq!(
         straight.best_heldout().map(|b| b.0),
@@ -116,12 +124,18 @@ fn resumed_equals_uninterrupted(path: KernelPath) {
 
 #[test]
 fn a_resumed_run_continues_exactly_fused() {
-    resumed_equals_uninterrupted(KernelPath::Fused);
+    for shape in [
+        ShapeChoice::TileCpu,
+        ShapeChoice::TileGpu,
+        ShapeChoice::Layers,
+    ] {
+        resumed_equals_uninterrupted(KernelPath::Fused, shape);
+    }
 }
 
 #[test]
 fn a_resumed_run_continues_exactly_tape() {
-    resumed_equals_uninterrupted(KernelPath::Tape);
+    resumed_equals_uninterrupted(KernelPath::Tape, ShapeChoice::Auto);
 }
 
 #[test]

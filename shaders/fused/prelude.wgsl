@@ -1,61 +1,36 @@
-// The fused MVL step (SPEC §2, paper §3.2) for the score-net energy E(x) = ⟨x, ψ(x)⟩:
-// declarations shared by every fused kernel. src/fused/mod.rs lists the kernels of a step
-// in order and explains the streams; each kernel is this prelude + its own file (+ a matmul
-// core for the layer kernels), specialised by override constants set in src/fused/plan.rs.
+// The fused MVL step (SPEC §2, paper §3.2) for the score-net energy E(y) = ⟨ỹ, ψ(ỹ)⟩ (ỹ = s·y,
+// and for a conditional energy ỹ = [s·y, c]): declarations and helpers shared by every fused
+// kernel. src/fused/mod.rs explains the streams and lists the kernels of each shape; every
+// kernel's module is a generated header (the structs of src/fused/seam.rs and this plan's
+// values of them as `const`s: IO, M, LAYERS, …) + these files + its matmul cores.
 //
-// Notation per sample (a row): a₀ = x, z_l = a_{l−1}·W̃_l + b_l, a_l = f(z_l) for the hidden
+// Notation per sample (a row): a₀ = ỹ, z_l = a_{l−1}·W̃_l + b_l, a_l = f(z_l) for the hidden
 // layers l < L, ψ = z_L; W̃ = W/σ on spectrally normalised layers. Streams in `ws` are
-// (B, width) row-major blocks at offsets the plan computes.
+// (IO.rows, width) row-major blocks at the offsets of IO and LAYERS.
 
-struct Step {
-    idx_words: vec4<u32>,   // Philox words of this step's minibatch-row draw
-    noise_words: vec4<u32>, // Philox words of this step's standard-normal draw
-    data_rows: u32,         // rows of `data` the minibatch is drawn from
-    row0: u32,              // first row of this launch: in the drawn minibatch (a training
-                            // step in sub-batches), or in `data` (evaluation)
-    rows: u32,              // live rows of this launch (≤ B; the rest are padding)
-    total: u32,             // rows of the whole minibatch: the loss is their mean
-    lr: f32,                // optimiser parameters, as shaders/optim.wgsl: f0..f3
-    rho: f32,
-    opt_eps: f32,
-    f3: f32,
-    bc1: f32,               // Adam bias corrections
-    bc2: f32,
-    acc: u32,               // 1: add to the sums of earlier sub-batches; 0: start them
-    pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> st: Step;
-@group(0) @binding(1) var<storage, read> data: array<f32>;
+// Bindings. Every kernel of a step binds the same buffers, once (FusedMvl::bind).
+@group(0) @binding(0) var<uniform> st: StepParams;
+@group(0) @binding(1) var<storage, read> data: array<f32>;        // data rows (dw wide)
 @group(0) @binding(2) var<storage, read_write> theta: array<f32>;  // W₁, b₁, W₂, … packed
-@group(0) @binding(3) var<storage, read_write> sn: array<f32>;     // layer table, u, v, σ, dots
-@group(0) @binding(4) var<storage, read_write> ws: array<f32>;     // streams, partial sums, grads
+@group(0) @binding(3) var<storage, read_write> sn: array<f32>;     // u, u_new, v, σ per normalised layer
+@group(0) @binding(4) var<storage, read_write> ws: array<f32>;     // streams, partial sums, gradient
 @group(0) @binding(5) var<storage, read_write> s1: array<f32>;     // optimiser state
 @group(0) @binding(6) var<storage, read_write> s2: array<f32>;
 @group(0) @binding(7) var<storage, read> given: array<f32>;       // given noise (one row per data row)
+@group(0) @binding(8) var<storage, read_write> ctl: array<u32>;    // step counter, loss ring (ctl.rs)
+@group(0) @binding(9) var<storage, read> cond: array<f32>;        // condition rows (conditional energy)
 
-override B: u32 = 1u;             // batch rows
-override D: u32 = 1u;             // data width
-override ACT: u32 = 0u;           // activation, an ops::Fun code
-override EPS0: f32 = 1e-3;        // base step ε₀
-override RESCALE: bool = true;    // εᵢ = ε₀ / max(1, ‖gᵢ‖²)
-override CV: bool = true;         // subtract the control variate g·ξ
-override REG: f32 = 0.0;          // energy-scale regulariser c
-override SPHERE: bool = false;    // data on S^(D−1) in chart form (x, σ): SPEC §5
-override BALL: bool = false;      // data in the Poincaré ball of R^(D−1); the network sees the
-                                  // hyperboloid point (2x/(1−r), (1+r)/(1−r))
 const NONE: u32 = 0xffffffffu;
 
-
-// 1/σ of the layer whose σ is at sn[slot] (1 without spectral norm).
-fn inv_sigma(slot: u32) -> f32 {
-    if (slot == NONE) { return 1.0; }
-    return 1.0 / sn[slot];
+// 1/σ of layer l as stored in sn (1 without spectral norm).
+fn inv_sigma(l: Layer) -> f32 {
+    if (l.sigma == NONE) { return 1.0; }
+    return 1.0 / sn[l.sigma];
 }
 
-fn act(x: f32) -> f32 { return fun(ACT, 0u, x); }
-fn act1(x: f32) -> f32 { return fun(ACT, 1u, x); }
-fn act2(x: f32) -> f32 { return fun(ACT, 2u, x); }
+fn act(x: f32) -> f32 { return fun(M.act, 0u, x); }
+fn act1(x: f32) -> f32 { return fun(M.act, 1u, x); }
+fn act2(x: f32) -> f32 { return fun(M.act, 2u, x); }
 
 // tanh(x) with small relative error also for tiny |x| (x − tanh's ulp-level absolute
 // accuracy near 0 is not enough: the differences below divide by ε).
@@ -93,7 +68,7 @@ fn log1p_acc(y: f32) -> f32 {
 
 // f(z+h) − f(z) computed as a difference, not by subtracting (SPEC §2, "Precision").
 fn dact(z: f32, h: f32) -> f32 {
-    switch ACT {
+    switch M.act {
         case 0u: { return h * sigmoid(z + h) + z * dsig(z, h); }          // swish
         case 1u: { return 2.0 * dsig(2.0 * z, 2.0 * h); }                 // tanh = 2σ(2x) − 1
         case 2u: { return dsig(z, h); }                                   // sigmoid
@@ -106,7 +81,7 @@ fn dact(z: f32, h: f32) -> f32 {
 // f′(z+h) − f′(z), likewise.
 fn dact1(z: f32, h: f32) -> f32 {
     let s0 = sigmoid(z);
-    switch ACT {
+    switch M.act {
         case 0u: { // f′ = σ(1 + x(1 − σ))
             let s1 = sigmoid(z + h);
             let ds = dsig(z, h);

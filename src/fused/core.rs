@@ -1,219 +1,267 @@
-//! The matmul core of the layer kernels, written out for one block shape.
+//! The matmul cores of the fused layer sweeps, written out for one block shape.
 //!
-//! Each invocation computes an RB × CB block of out[i, j] = Σ_k load_a(i, k)·load_b(k, j)
-//! (i < M, j < N, k in its chunk of K) and hands each element to store(i, j, v); the layer
-//! file (`shaders/fused/layer_*.wgsl`) defines those three functions and setup(), which the
-//! core calls once before the first store (for values every store of the kernel shares). The block lives in
-//! named scalar registers: CPU drivers such as lavapipe keep dynamically indexed arrays in
-//! memory, which costs several times the arithmetic (measured: 1.5 vs 6 GFLOP/s). No
-//! workgroup memory or barriers, so the same code runs on every adapter.
+//! A core computes an output block of out[i, j] = Σ_k A[i, k]·B[k, j] for one sweep
+//! descriptor (`Sweep` or `GradSweep`, see `shaders/fused/layers.wgsl`, which defines what A
+//! and B are and where each output goes) and hands each element to the family's store. The
+//! block lives in named scalar registers: CPU drivers such as lavapipe keep dynamically
+//! indexed arrays in memory, which costs several times the arithmetic (measured: 1.5 vs 6
+//! GFLOP/s). The cores use no workgroup memory and no barriers, so the same code runs in the
+//! layers shape (one block per invocation of a kernel) and inside the tile kernel (its
+//! invocations loop over the blocks of their tile).
 //!
-//! Split K: workgroup z takes k in [z·KC, (z+1)·KC) and sets `chunk` = z, so that long sums
-//! are added in blocks (store writes partial sums that a later kernel adds up).
+//! Two cores: [`Core::Direct`] (rb × cb per invocation) and, where the subgroup size is fixed
+//! at 8 (lavapipe), [`Core::Subgroup`]: each subgroup computes an (s·rb) × (s·cb) block, every
+//! lane loads one element of rb rows and cb columns per k and shares the rows with
+//! `subgroupBroadcast` — s times fewer loads, which is what lavapipe spends its time on (each
+//! load is a scalar loop over the SIMD lanes there).
 
 use std::fmt::Write;
 
-/// Narrow outputs (N ≤ 8): rows per invocation and invocations per workgroup. Measured on
-/// lavapipe, 8 × 64 is as fast as (2, 16), (4, 16) or (1, 32), which spread the rows over more
-/// workgroups: these kernels are bound by their loads, not by parallelism.
-const NARROW_RB: usize = 8;
-const NARROW_WY: usize = 64;
+/// Which descriptor a core multiplies for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// A layer sweep (`Sweep`): rows of the workspace × the sweep's n columns, k over s.k;
+    /// forward (out = in·W̃) or backward (out = in·W̃ᵀ).
+    Forward,
+    Backward,
+    /// A layer's gradient sums (`GradSweep`): (fan_in + 1) × fan_out, k over three blocks of
+    /// workspace rows.
+    Grad,
+}
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Family::Forward => "fwd",
+            Family::Backward => "bwd",
+            Family::Grad => "grad",
+        }
+    }
+}
 
 /// A core and its block shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Core {
-    /// [`direct`]: rb × cb per invocation, workgroups of wx × wy invocations.
-    Direct {
-        rb: usize,
-        cb: usize,
-        wx: usize,
-        wy: usize,
-    },
-    /// [`subgroup`]: (s·rb) × (s·cb) per subgroup.
+    /// rb × cb per invocation.
+    Direct { rb: usize, cb: usize },
+    /// (s·rb) × (s·cb) per subgroup of s lanes.
     Subgroup { s: usize, rb: usize, cb: usize },
 }
 
+/// Narrow outputs (n ≤ 8): rows per invocation. Measured on lavapipe, 8 rows per invocation
+/// is as fast as 2 or 4 spread over more workgroups: these sweeps are bound by their loads.
+pub const NARROW_RB: usize = 8;
+
 impl Core {
-    /// The core for an m × n output and its workgroup grid (z = `chunks` of K). With a fixed
-    /// subgroup size `subgroup`, wide outputs use [`subgroup`]; narrow outputs (the d-wide
-    /// layers) get one column block of their full width and all 64 invocations on rows.
-    pub fn choose(m: usize, n: usize, chunks: usize, subgroup: Option<usize>) -> (Core, [u32; 3]) {
-        let z = chunks as u32;
+    /// The core for an output n columns wide: with a fixed subgroup size, wide outputs use
+    /// the subgroup core; narrow ones (the d-wide layers) one block of their full width.
+    pub fn choose(n: usize, subgroup: Option<usize>, wide: (usize, usize)) -> Core {
         match subgroup {
-            Some(s) if n > 8 => {
-                let (rb, cb) = (2, 2);
-                let tiles = n.div_ceil(s * cb);
-                let per_wg = 64 / s;
-                (
-                    Core::Subgroup { s, rb, cb },
-                    [tiles.div_ceil(per_wg) as u32, m.div_ceil(s * rb) as u32, z],
-                )
-            }
-            _ if n <= 8 => (
-                Core::Direct {
-                    rb: NARROW_RB,
-                    cb: n,
-                    wx: 1,
-                    wy: NARROW_WY,
-                },
-                [1, m.div_ceil(NARROW_RB).div_ceil(NARROW_WY) as u32, z],
-            ),
-            _ => (
-                Core::Direct {
-                    rb: 8,
-                    cb: 8,
-                    wx: 8,
-                    wy: 8,
-                },
-                [
-                    n.div_ceil(8).div_ceil(8) as u32,
-                    m.div_ceil(8).div_ceil(8) as u32,
-                    z,
-                ],
-            ),
+            Some(s) if n > 8 => Core::Subgroup { s, rb: 2, cb: 2 },
+            _ if n <= 8 => Core::Direct {
+                rb: NARROW_RB,
+                cb: n,
+            },
+            _ => Core::Direct {
+                rb: wide.0,
+                cb: wide.1,
+            },
         }
     }
 
-    /// The WGSL of this core.
-    pub fn source(self) -> String {
+    /// Output rows and columns of one block (one invocation, or one subgroup).
+    pub fn block(self) -> (usize, usize) {
         match self {
-            Core::Direct { rb, cb, wx, wy } => direct(rb, cb, wx, wy),
-            Core::Subgroup { s, rb, cb } => subgroup(s, rb, cb),
+            Core::Direct { rb, cb } => (rb, cb),
+            Core::Subgroup { s, rb, cb } => (s * rb, s * cb),
         }
     }
-}
 
-/// WGSL of the core with an rb × cb block per invocation and wx × wy invocations per
-/// workgroup (x over column blocks, y over row blocks).
-pub fn direct(rb: usize, cb: usize, wx: usize, wy: usize) -> String {
-    let mut s = String::new();
-    let w = &mut s;
-    let _ = writeln!(
-        w,
-        "override M: u32 = 1u;\noverride N: u32 = 1u;\noverride K: u32 = 1u;\noverride KC: u32 = 0xffffffffu;\nvar<private> chunk: u32;\n"
-    );
-    let _ = writeln!(w, "@compute @workgroup_size({wx}, {wy})");
-    let _ = writeln!(
-        w,
-        "fn main(@builtin(global_invocation_id) gid: vec3<u32>) {{"
-    );
-    let _ = writeln!(
-        w,
-        "    let r0 = gid.y * {rb}u;\n    let c0 = gid.x * {cb}u;"
-    );
-    let _ = writeln!(w, "    if (r0 >= M || c0 >= N) {{ return; }}");
-    let _ = writeln!(
-        w,
-        "    chunk = gid.z;\n    let k0 = gid.z * min(KC, K);\n    let k1 = min(K, k0 + min(KC, K));"
-    );
-    // Rows and columns past the edge are clamped (computed twice, never stored): no
-    // branches in the inner loop.
-    for r in 0..rb {
-        let _ = writeln!(w, "    let i{r} = min(r0 + {r}u, M - 1u);");
-    }
-    for c in 0..cb {
-        let _ = writeln!(w, "    let j{c} = min(c0 + {c}u, N - 1u);");
-    }
-    for r in 0..rb {
-        for c in 0..cb {
-            let _ = writeln!(w, "    var acc{r}_{c} = 0.0;");
+    /// Invocations that compute one block.
+    pub fn lanes(self) -> usize {
+        match self {
+            Core::Direct { .. } => 1,
+            Core::Subgroup { s, .. } => s,
         }
     }
-    let _ = writeln!(w, "    for (var k = k0; k < k1; k++) {{");
-    for r in 0..rb {
-        let _ = writeln!(w, "        let a{r} = load_a(i{r}, k);");
-    }
-    for c in 0..cb {
-        let _ = writeln!(w, "        let b{c} = load_b(k, j{c});");
-    }
-    for r in 0..rb {
-        for c in 0..cb {
-            let _ = writeln!(w, "        acc{r}_{c} = fma(a{r}, b{c}, acc{r}_{c});");
+
+    /// The block function's name for `family`.
+    pub fn fn_name(self, family: Family) -> String {
+        match self {
+            Core::Direct { rb, cb } => format!("{}_d{rb}x{cb}", family.name()),
+            Core::Subgroup { s, rb, cb } => format!("{}_sg{s}_{rb}x{cb}", family.name()),
         }
     }
-    let _ = writeln!(w, "    }}");
-    let _ = writeln!(w, "    setup();");
-    for r in 0..rb {
+
+    /// WGSL of the block function for `family`:
+    /// sweep: `fn NAME(s: Sweep, r0: u32, c0: u32, rmax: u32, lane: u32, scale: f32)` — rows
+    ///   r0.. below rmax, columns c0.. below s.n, k over 0..s.k;
+    /// grad: `fn NAME(s: GradSweep, r0: u32, c0: u32, lo: u32, hi: u32, lane: u32, slot: u32,
+    ///   first: bool)` — output rows r0.. below s.m, columns below s.n, k over the three
+    ///   blocks of workspace rows lo..hi.
+    pub fn source(self, family: Family, raw: bool) -> String {
+        let mut s = String::new();
+        let w = &mut s;
+        let raw = raw && family != Family::Grad;
+        let f = family.name();
+        let name = if raw {
+            format!("{}_raw", self.fn_name(family))
+        } else {
+            self.fn_name(family)
+        };
+        let (lanes, rb, cb) = match self {
+            Core::Direct { rb, cb } => (1, rb, cb),
+            Core::Subgroup { s, rb, cb } => (s, rb, cb),
+        };
+        let sg = lanes > 1;
+        let (desc, rmax, extra) = match family {
+            Family::Forward | Family::Backward => {
+                ("Sweep", "rmax", "rmax: u32, lane: u32, scale: f32")
+            }
+            Family::Grad => (
+                "GradSweep",
+                "s.m",
+                "lo: u32, hi: u32, lane: u32, slot: u32, first: bool",
+            ),
+        };
+        let _ = writeln!(w, "fn {name}(s: {desc}, r0: u32, c0: u32, {extra}) {{");
+        // Rows and columns past the edge are clamped (computed twice, never stored): no
+        // branches in the inner loop.
+        let lane = if sg { " + lane" } else { "" };
+        for r in 0..rb {
+            let _ = writeln!(
+                w,
+                "    let i{r} = min(r0 + {}u{lane}, {rmax} - 1u);",
+                lanes * r
+            );
+        }
         for c in 0..cb {
             let _ = writeln!(
                 w,
-                "    if (r0 + {r}u < M && c0 + {c}u < N) {{ store(r0 + {r}u, c0 + {c}u, acc{r}_{c}); }}"
+                "    let j{c} = min(c0 + {}u{lane}, s.n - 1u);",
+                lanes * c
             );
         }
+        let rows_acc = if sg { lanes * rb } else { rb };
+        for q in 0..rows_acc {
+            for c in 0..cb {
+                let _ = writeln!(w, "    var acc{q}_{c} = 0.0;");
+            }
+        }
+        // The k loop: over s.k for a sweep; for the gradient, over the rows lo..hi of each of
+        // its three blocks, the block a literal so that the loads' choice of stream folds.
+        let blocks: Vec<Option<usize>> = match family {
+            Family::Grad => (0..3).map(Some).collect(),
+            _ => vec![None],
+        };
+        for kb in blocks {
+            let (open, la, lb) = match kb {
+                None => (
+                    "    for (var k = 0u; k < s.k; k++) {".to_string(),
+                    "sweep_load_a(s, i{r}, k)".to_string(),
+                    format!("{f}_load_b(s, k, j{{c}})"),
+                ),
+                Some(kb) => (
+                    "    for (var row = lo; row < hi; row++) {".to_string(),
+                    format!("grad_load_a(s, i{{r}}, {kb}u, row)"),
+                    format!("grad_load_b(s, {kb}u, row, j{{c}})"),
+                ),
+            };
+            let la = |r: usize| la.replace("{r}", &r.to_string());
+            let lb = |c: usize| lb.replace("{c}", &c.to_string());
+            let _ = writeln!(w, "{open}");
+            for r in 0..rb {
+                let _ = writeln!(w, "        let a{r} = {};", la(r));
+            }
+            for c in 0..cb {
+                let _ = writeln!(w, "        let b{c} = {};", lb(c));
+            }
+            for q in 0..rows_acc {
+                let x = if sg {
+                    let _ = writeln!(
+                        w,
+                        "        let x{q} = subgroupBroadcast(a{}, {}u);",
+                        q / lanes,
+                        q % lanes
+                    );
+                    format!("x{q}")
+                } else {
+                    format!("a{q}")
+                };
+                for c in 0..cb {
+                    let _ = writeln!(w, "        acc{q}_{c} = fma({x}, b{c}, acc{q}_{c});");
+                }
+            }
+            let _ = writeln!(w, "    }}");
+        }
+        // The stores, written out. In the tile shape a sweep's block stores the raw product
+        // (`raw`), and the tile applies the epilogue in one loop afterwards: each epilogue
+        // store inlines its activations and their differences, and a kernel that runs every
+        // sweep would otherwise be too long for the driver's compiler (lavapipe: minutes).
+        for q in 0..rows_acc {
+            for c in 0..cb {
+                let col = if sg {
+                    format!("c0 + {}u + lane", lanes * c)
+                } else {
+                    format!("c0 + {c}u")
+                };
+                let row = format!("r0 + {q}u");
+                let store = match (family, raw) {
+                    (Family::Grad, _) => {
+                        format!("grad_store(s, {row}, {col}, acc{q}_{c}, slot, first)")
+                    }
+                    (_, true) => {
+                        format!("ws[IO.raw + ({row}) * IO.raw_stride + {col}] = acc{q}_{c}")
+                    }
+                    (_, false) => format!("{f}_store(s, {row}, {col}, acc{q}_{c}, scale)"),
+                };
+                let _ = writeln!(w, "    if ({row} < {rmax} && {col} < s.n) {{ {store}; }}");
+            }
+        }
+        let _ = writeln!(w, "}}");
+        s
     }
-    let _ = writeln!(w, "}}");
-    s
-}
 
-/// WGSL of the core for adapters with a fixed subgroup size `s`: each subgroup computes an
-/// (s·rb) × (s·cb) tile; lane l owns columns l, l + s, … of it. Per k every lane loads one
-/// element of rb rows of A and of cb columns of B, and the rows are shared with
-/// subgroupBroadcast: s times fewer loads than [`direct`], which is what lavapipe spends
-/// its time on (each load is a scalar loop over the SIMD lanes there).
-pub fn subgroup(s: usize, rb: usize, cb: usize) -> String {
-    let per_wg = 64 / s;
-    let mut out = String::new();
-    let w = &mut out;
-    let _ = writeln!(
-        w,
-        "override M: u32 = 1u;\noverride N: u32 = 1u;\noverride K: u32 = 1u;\noverride KC: u32 = 0xffffffffu;\nvar<private> chunk: u32;\n"
-    );
-    let _ = writeln!(w, "@compute @workgroup_size(64)");
-    let _ = writeln!(
-        w,
-        "fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {{"
-    );
-    let _ = writeln!(
-        w,
-        "    let r0 = wid.y * {}u;\n    let c0 = (wid.x * {per_wg}u + li / {s}u) * {}u;",
-        s * rb,
-        s * cb
-    );
-    let _ = writeln!(
-        w,
-        "    chunk = wid.z;\n    let k0 = wid.z * min(KC, K);\n    let k1 = min(K, k0 + min(KC, K));"
-    );
-    for r in 0..rb {
-        let _ = writeln!(w, "    let i{r} = min(r0 + {}u + lane, M - 1u);", s * r);
-    }
-    for c in 0..cb {
-        let _ = writeln!(w, "    let j{c} = min(c0 + {}u + lane, N - 1u);", s * c);
-    }
-    for q in 0..s * rb {
-        for c in 0..cb {
-            let _ = writeln!(w, "    var acc{q}_{c} = 0.0;");
+    /// WGSL of the tile kernel's loop over the blocks of one sweep (or gradient) of its tile:
+    /// `fn tile_NAME(s, lid, lane, slab0, …)`; invocations (subgroups) take blocks lid,
+    /// lid + WG_SIZE, … (subgroup-uniform for the subgroup core).
+    pub fn tile_source(self, family: Family) -> String {
+        let name = self.fn_name(family);
+        let (rows, cols) = self.block();
+        let lanes = self.lanes();
+        let (first_blk, step) = if lanes > 1 {
+            (format!("lid / {lanes}u"), format!("WG_SIZE / {lanes}u"))
+        } else {
+            ("lid".to_string(), "WG_SIZE".to_string())
+        };
+        let f = family.name();
+        match family {
+            Family::Forward | Family::Backward => format!(
+                "fn tile_{name}(s: Sweep, lid: u32, lane: u32, slab0: u32, scale: f32) {{
+    let nrb = (TILE.rows + {rows}u - 1u) / {rows}u;
+    let ncb = (s.n + {cols}u - 1u) / {cols}u;
+    for (var blk = {first_blk}; blk < nrb * ncb; blk += {step}) {{
+        {name}_raw(s, slab0 + (blk / ncb) * {rows}u, (blk % ncb) * {cols}u, slab0 + TILE.rows, lane, scale);
+    }}
+    tile_sync();
+    for (var e = lid; e < TILE.rows * s.n; e += WG_SIZE) {{
+        let i = slab0 + e / s.n;
+        let j = e % s.n;
+        {f}_store(s, i, j, ws[IO.raw + i * IO.raw_stride + j], scale);
+    }}
+}}
+"
+            ),
+            Family::Grad => format!(
+                "fn tile_{name}(s: GradSweep, lid: u32, lane: u32, slab0: u32, slot: u32, first: bool) {{
+    let nrb = (s.m + {rows}u - 1u) / {rows}u;
+    let ncb = (s.n + {cols}u - 1u) / {cols}u;
+    for (var blk = {first_blk}; blk < nrb * ncb; blk += {step}) {{
+        {name}(s, (blk / ncb) * {rows}u, (blk % ncb) * {cols}u, slab0, slab0 + TILE.rows, lane, slot, first);
+    }}
+}}
+"
+            ),
         }
     }
-    let _ = writeln!(w, "    for (var k = k0; k < k1; k++) {{");
-    for r in 0..rb {
-        let _ = writeln!(w, "        let a{r} = load_a(i{r}, k);");
-    }
-    for c in 0..cb {
-        let _ = writeln!(w, "        let b{c} = load_b(k, j{c});");
-    }
-    for q in 0..s * rb {
-        let _ = writeln!(
-            w,
-            "        let x{q} = subgroupBroadcast(a{}, {}u);",
-            q / s,
-            q % s
-        );
-        for c in 0..cb {
-            let _ = writeln!(w, "        acc{q}_{c} = fma(x{q}, b{c}, acc{q}_{c});");
-        }
-    }
-    let _ = writeln!(w, "    }}");
-    let _ = writeln!(w, "    setup();");
-    for q in 0..s * rb {
-        for c in 0..cb {
-            let _ = writeln!(
-                w,
-                "    if (r0 + {q}u < M && c0 + {}u + lane < N) {{ store(r0 + {q}u, c0 + {}u + lane, acc{q}_{c}); }}",
-                s * c,
-                s * c
-            );
-        }
-    }
-    let _ = writeln!(w, "}}");
-    out
 }

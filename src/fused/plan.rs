@@ -1,31 +1,85 @@
-//! The plan of a fused MVL step: where every stream lives in the workspace, the layer table,
-//! and the list of kernels with their override constants and grids. Pure bookkeeping — no
-//! GPU calls — so that the layout can be unit-tested and read in one place.
+//! The plan of a fused MVL step: the shapes, where every stream lives in the workspace, and
+//! the descriptors the kernels get (`seam`) — the layers, the sweeps and gradient sums, the
+//! stages of a step in order. Pure bookkeeping — no GPU calls — so that the layout can be
+//! tested and read in one place; `module.rs` writes the WGSL and the kernel list from it.
 
-use super::core::Core;
+use super::core::{Core, Family};
+use super::seam::{self, mode, GradSweep, Io, Layer, Sweep, NONE};
 use crate::error::{Error, Result};
 use crate::ops::Fun;
 
-/// Words per layer in the layer table (shaders/fused/rows.wgsl, `META_STRIDE`).
-pub const META_STRIDE: usize = 16;
-/// Rows per workgroup of the per-sample kernels.
-const ROWS_WG: usize = 64;
+/// Rows per workgroup of the layers shape's per-sample kernels.
+pub(super) const ROWS_WG: usize = 64;
 
-/// Which WGSL file a kernel is built from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Source {
-    /// `layer_forward.wgsl` + the matmul core.
-    Forward,
-    /// `layer_backward.wgsl` + the matmul core.
-    Backward,
-    /// `layer_grad.wgsl` + the matmul core.
-    Grad,
-    /// `rows.wgsl` (per-sample kernels, sums, update, power iteration).
-    Rows,
+/// How a step is laid out on the adapter (see [`super::shape`] for the choice).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// Two dispatches per step: one for everything per sample (a workgroup per tile of
+    /// rows: the sweeps of every layer, the step, the differences, the adjoints and its
+    /// tile's gradient sums), one for the parameters (sums of the tiles' partials, chain rule
+    /// through σ, optimiser). GPUs (small tiles, many workgroups) and CPU drivers (a few
+    /// long workgroups).
+    Tile(TileShape),
+    /// One kernel per stage, each shaped like a matrix product over the whole batch: wide
+    /// layers and large batches, where a tile's sweeps stop paying.
+    Layers(LayersShape),
 }
 
-/// When a kernel runs in a step whose minibatch is processed in several sub-batches: once
-/// before them (the spectral norm), once per sub-batch, or once after them (the update).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TileShape {
+    /// Sized for a CPU driver (a few long workgroups) rather than a GPU.
+    pub cpu: bool,
+    /// Rows per tile.
+    pub rows: usize,
+    /// Workgroups at most (the step uses min(groups, tiles)).
+    pub groups: usize,
+    /// Invocations per workgroup (a power of two).
+    pub size: usize,
+    /// Block of the direct core for wide outputs (rows, columns per invocation).
+    pub block: (usize, usize),
+    /// Keep a copy of the weights in workgroup memory (where they fit).
+    pub workgroup_weights: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayersShape {
+    /// Invocations per workgroup of the reductions (power iteration, sums).
+    pub size: usize,
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shape::Tile(t) => write!(
+                f,
+                "{} (two dispatches a step: up to {} workgroups of {} invocations, tiles of {} rows{})",
+                self.name(),
+                t.groups,
+                t.size,
+                t.rows,
+                if t.workgroup_weights {
+                    ", weights in workgroup memory"
+                } else {
+                    ""
+                }
+            ),
+            Shape::Layers(_) => write!(f, "layers (one kernel per stage, matrix-product shaped)"),
+        }
+    }
+}
+
+impl Shape {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Shape::Tile(t) if t.cpu => "tile-cpu",
+            Shape::Tile(_) => "tile-gpu",
+            Shape::Layers(_) => "layers",
+        }
+    }
+}
+
+/// When a kernel runs in a step whose minibatch is processed in several sub-batches (layers
+/// shape): once before them (the spectral norm), once per sub-batch, or once after them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     Head,
@@ -33,103 +87,56 @@ pub enum Phase {
     Tail,
 }
 
-/// One kernel launch of a step.
+/// One kernel launch of a step: an entry point of the step's module and its grid.
 #[derive(Clone, Debug)]
 pub struct KernelSpec {
     pub label: String,
+    pub entry: String,
     pub phase: Phase,
-    pub source: Source,
-    pub entry: &'static str,
-    pub constants: Vec<(&'static str, f64)>,
     pub groups: [u32; 3],
-    /// Layer kernels: the matmul core (None for the per-sample kernels).
-    pub core: Option<Core>,
 }
 
-/// Streams of one hidden layer (each B × n), in workspace elements. [a, q, r] and
-/// [p, dz, ddz] are contiguous: the left and right factors of the layer's gradient sums.
+/// Streams of one hidden layer (each rows × n), in workspace elements.
 #[derive(Clone, Debug)]
 pub struct Hidden {
     pub n: usize,
+    pub z: usize,
     pub a: usize,
     pub q: usize,
     pub r: usize,
+    pub ad: usize,
+    pub zd: usize,
+    pub tz: usize,
+    pub ta: usize,
+    pub da: usize,
+    /// [p; dz; ddz] contiguous: the right factor of the layer's gradient sums.
     pub p: usize,
     pub dz: usize,
     pub ddz: usize,
-    pub z: usize,
-    pub da: usize,
-    pub zd: usize,
-    pub ad: usize,
-    pub tz: usize,
-    pub ta: usize,
     pub rho: usize,
-}
-
-/// Per-sample streams of width D and scalars, in workspace elements.
-#[derive(Clone, Debug)]
-pub struct Io {
-    pub x0: usize,
-    pub q0: usize,
-    pub r0: usize,
-    pub pl: usize,
-    pub x0l: usize,
-    pub dxl: usize,
-    pub nz: usize,
-    pub g: usize,
-    pub psi: usize,
-    pub dpsi: usize,
-    pub dg: usize,
-    pub xi: usize,
-    pub dx: usize,
-    pub v: usize,
-    /// Sphere: the chart form (x, σ) of x₀ and the chart move Δx (the network sees y(x)).
-    pub ch: usize,
-    pub dch: usize,
-    pub eps: usize,
-    pub e0: usize,
-    pub e1: usize,
-    pub loss: usize,
-    pub c0: usize,
-    pub c1: usize,
-    pub dots: usize,
-    /// [loss, mean E₀, mean E₁, (unused)]
-    pub out: usize,
 }
 
 /// Spectral-norm slots of one normalised layer, in `sn` elements.
 #[derive(Clone, Debug)]
 pub struct SnSlots {
     pub u: usize,
+    pub u_new: usize,
     pub v: usize,
-    pub tmp: usize,
     pub sigma: usize,
-    pub dot: usize,
 }
 
-/// Everything about one model shape and batch size.
-#[derive(Clone, Debug)]
-pub struct Plan {
-    pub b: usize,
+/// The network a plan is for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Net {
+    /// Width of the energy's variable and of ψ.
     pub d: usize,
-    /// n₀ = d, n₁ … n_{L−1} hidden, n_L = d.
-    pub widths: Vec<usize>,
+    /// Condition columns of a conditional energy ⟨ỹ, ψ([ỹ, c])⟩ (0: none).
+    pub dc: usize,
+    pub hidden: Vec<usize>,
     pub act: Fun,
-    /// theta offsets of W_l and b_l, l = 1..L (index l − 1), and theta's length.
-    pub w_off: Vec<usize>,
-    pub b_off: Vec<usize>,
-    pub theta_len: usize,
-    pub hidden: Vec<Hidden>,
-    pub io: Io,
-    /// Rows of each split-K chunk of the gradient sums, and the number of chunks.
-    pub kc: usize,
-    pub chunks: usize,
-    pub part: usize,
-    pub grad: usize,
-    pub ws_len: usize,
-    /// The layer table at sn[0..], then per normalised layer its slots.
-    pub sn_slots: Vec<SnSlots>,
-    pub sn_len: usize,
+    pub spectral_norm: bool,
+    /// The network's input is s·y (s = 1: y itself).
+    pub scale: f32,
 }
 
 /// What a step does: train on drawn minibatches (power iteration, optimiser), or evaluate
@@ -137,8 +144,23 @@ pub struct Plan {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Train,
+    /// Train on the given rows (in order) with drawn noise: the auto-encoders' energies.
+    TrainGiven,
     Eval,
     EvalGivenNoise,
+}
+
+impl Mode {
+    /// The `StepParams::flags` of this mode.
+    pub fn flags(self) -> u32 {
+        use seam::flags::*;
+        match self {
+            Mode::Train => TRAIN,
+            Mode::TrainGiven => TRAIN | GIVEN_ROWS,
+            Mode::Eval => GIVEN_ROWS,
+            Mode::EvalGivenNoise => GIVEN_ROWS | GIVEN_NOISE,
+        }
+    }
 }
 
 /// Settings the kernels are specialised for.
@@ -152,9 +174,9 @@ pub struct Specialise {
     pub opt_code: u32,
     /// The adapter's subgroup size where it is fixed and the subgroup core is used.
     pub subgroup: Option<usize>,
-    /// Data on the sphere S^(D−1) in chart form: the Riemannian step of SPEC §5.
+    /// Data on the sphere S^(d−1) in chart form: the Riemannian step of SPEC §5.
     pub sphere: bool,
-    /// Data in the Poincaré ball of R^(D−1) (H^(D−1)); the network sees the hyperboloid point.
+    /// Data in the Poincaré ball of R^(d−1) (H^(d−1)); the network sees the hyperboloid point.
     pub ball: bool,
 }
 
@@ -172,26 +194,88 @@ impl Alloc {
     }
 }
 
+/// The core family of a sweep.
+pub(super) fn sweep_family(s: &Sweep) -> Family {
+    if s.forward == 1 {
+        Family::Forward
+    } else {
+        Family::Backward
+    }
+}
+
+/// One stage of a step, in order (see the table in `fused/mod.rs`).
+#[derive(Clone, Debug)]
+pub(super) enum Stage {
+    Sigma,
+    Input,
+    Sweep(String, Sweep, Core),
+    Step,
+    Diff,
+    Adj,
+    Dots,
+    Sums,
+    Grad(usize, GradSweep, Core),
+    Update,
+}
+
+/// Everything about one model shape, batch and layout.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub shape: Shape,
+    /// Rows of one launch at most: the minibatch (tile shape: any size, in tiles), the
+    /// sub-batch (layers shape), or the evaluation chunk.
+    pub b: usize,
+    /// Workspace rows (rows in flight): the tile shape's groups × tile rows, else b.
+    pub ws_rows: usize,
+    pub net: Net,
+    /// n₀ = d + dc, n₁ … n_{L−1} hidden, n_L = d.
+    pub widths: Vec<usize>,
+    /// theta offsets of W_l and b_l, l = 1..L (index l − 1), and theta's length.
+    pub w_off: Vec<usize>,
+    pub b_off: Vec<usize>,
+    pub theta_len: usize,
+    pub hidden: Vec<Hidden>,
+    pub io: Io,
+    /// Layers shape: rows of each split chunk of the gradient sums, and the chunks.
+    pub chunk_rows: usize,
+    pub chunks: usize,
+    /// Tile shape: tiles of a full launch and the workgroups that take them.
+    pub tiles: usize,
+    pub groups: usize,
+    pub ws_len: usize,
+    pub sn_slots: Vec<SnSlots>,
+    pub sn_len: usize,
+}
+
 impl Plan {
-    /// Lay out a model with hidden widths `hidden` on data of width `d`, batch `b`.
-    /// `theta` gives (offsets, total) of W₁, b₁, W₂, b₂, … as packed on the device, and
-    /// `align` the binding alignment in elements (outputs read as tensors start aligned).
+    /// Lay out `net` for launches of at most `b` rows in `shape`; data in the Poincaré ball
+    /// (`ball`) are one column narrower than the network's variable. `theta` gives (offsets,
+    /// total) of W₁, b₁, W₂, b₂, … as packed on the device, and `align` the binding alignment
+    /// in elements (outputs read as tensors start aligned).
     pub fn new(
+        net: &Net,
         b: usize,
-        d: usize,
-        hidden: &[usize],
-        act: Fun,
-        spectral_norm: bool,
+        shape: Shape,
+        ball: bool,
         theta: (&[usize], usize),
         align: usize,
     ) -> Result<Plan> {
-        if b == 0 || d == 0 || hidden.is_empty() || hidden.contains(&0) {
+        let d = net.d;
+        if b == 0 || d == 0 || net.hidden.is_empty() || net.hidden.contains(&0) {
             return Err(Error::Invalid(format!(
-                "fused MVL needs a batch, data columns and at least one hidden layer (batch {b}, width {d}, hidden {hidden:?})"
+                "fused MVL needs a batch, data columns and at least one hidden layer (batch {b}, width {d}, hidden {:?})",
+                net.hidden
             )));
         }
-        let mut widths = vec![d];
-        widths.extend_from_slice(hidden);
+        if !(net.scale.is_finite() && net.scale > 0.0) {
+            return Err(Error::Invalid(format!(
+                "the network's input scale must be positive, got {}",
+                net.scale
+            )));
+        }
+        let din = d + net.dc;
+        let mut widths = vec![din];
+        widths.extend_from_slice(&net.hidden);
         widths.push(d);
         let layers = widths.len() - 1;
         if theta.0.len() != 2 * layers {
@@ -202,105 +286,146 @@ impl Plan {
         }
         let w_off: Vec<usize> = (0..layers).map(|l| theta.0[2 * l]).collect();
         let b_off: Vec<usize> = (0..layers).map(|l| theta.0[2 * l + 1]).collect();
+        let (tiles, groups, rows) = match shape {
+            Shape::Tile(t) => {
+                if t.rows == 0 || t.groups == 0 || !t.size.is_power_of_two() {
+                    return Err(Error::Invalid(format!(
+                        "tile shape needs rows, workgroups and a power-of-two workgroup size: {t:?}"
+                    )));
+                }
+                let tiles = b.div_ceil(t.rows);
+                let groups = t.groups.min(tiles);
+                // llvmpipe ends any shader loop after 65 535 iterations, silently.
+                if tiles.div_ceil(groups) > 65_535 {
+                    return Err(Error::Invalid(format!(
+                        "a launch of {b} rows is {} tiles of {} rows per workgroup, more than a shader loop may run; use a smaller batch or --shape layers",
+                        tiles.div_ceil(groups),
+                        t.rows
+                    )));
+                }
+                (tiles, groups, groups * t.rows)
+            }
+            Shape::Layers(_) => (1, 1, b),
+        };
+        let nsn = if net.spectral_norm {
+            net.hidden.len()
+        } else {
+            0
+        };
 
         let mut ws = Alloc(0);
-        let bd = b * d;
-        let x0 = ws.take(3 * bd);
+        let bd = rows * d;
         let pl = ws.take(3 * bd);
         let mut io = Io {
-            x0,
-            q0: x0 + bd,
-            r0: x0 + 2 * bd,
-            pl,
-            x0l: pl + bd,
-            dxl: pl + 2 * bd,
-            nz: ws.take(bd),
-            g: ws.take(bd),
-            psi: ws.take(bd),
-            dpsi: ws.take(bd),
-            dg: ws.take(bd),
-            xi: ws.take(bd),
-            dx: ws.take(bd),
-            v: ws.take(bd),
-            ch: ws.take(bd),
-            dch: ws.take(bd),
-            eps: ws.take(b),
-            e0: ws.take(b),
-            e1: ws.take(b),
-            loss: 0,
-            c0: ws.take(b),
-            c1: ws.take(b),
-            dots: ws.take(b * hidden.len()),
-            out: 0,
+            rows: rows as u32,
+            d: d as u32,
+            din: din as u32,
+            dw: if ball { d - 1 } else { d } as u32,
+            dc: net.dc as u32,
+            scale: net.scale,
+            x0: ws.take(rows * din) as u32,
+            q0: ws.take(bd) as u32,
+            r0: ws.take(bd) as u32,
+            pl: pl as u32,
+            x0l: (pl + bd) as u32,
+            dxl: (pl + 2 * bd) as u32,
+            nz: ws.take(bd) as u32,
+            g: ws.take(bd) as u32,
+            psi: ws.take(bd) as u32,
+            dpsi: ws.take(bd) as u32,
+            dg: ws.take(bd) as u32,
+            xi: ws.take(bd) as u32,
+            dx: ws.take(bd) as u32,
+            v: ws.take(bd) as u32,
+            ch: ws.take(bd) as u32,
+            dch: ws.take(bd) as u32,
+            eps: ws.take(rows) as u32,
+            e0: ws.take(rows) as u32,
+            e1: ws.take(rows) as u32,
+            c0: ws.take(rows) as u32,
+            c1: ws.take(rows) as u32,
+            dots: ws.take(rows * nsn) as u32,
+            ..Io::default()
         };
-        io.loss = ws.take_aligned(b, align);
-        io.out = ws.take_aligned(4, align);
-        let hidden_layout: Vec<Hidden> = hidden
+        // The tile shape's raw products of one sweep (before its epilogue).
+        let widest = widths.iter().copied().max().unwrap_or(1);
+        io.raw = match shape {
+            Shape::Tile(_) => ws.take(rows * widest),
+            Shape::Layers(_) => ws.take(1),
+        } as u32;
+        io.raw_stride = widest as u32;
+        io.loss = ws.take_aligned(rows, align) as u32;
+        io.out = ws.take_aligned(4, align) as u32;
+        let hidden: Vec<Hidden> = net
+            .hidden
             .iter()
             .map(|&n| {
-                let bn = b * n;
-                let a = ws.take(3 * bn);
+                let bn = rows * n;
                 let p = ws.take(3 * bn);
                 Hidden {
                     n,
-                    a,
-                    q: a + bn,
-                    r: a + 2 * bn,
+                    z: ws.take(bn),
+                    a: ws.take(bn),
+                    q: ws.take(bn),
+                    r: ws.take(bn),
+                    ad: ws.take(bn),
+                    zd: ws.take(bn),
+                    tz: ws.take(bn),
+                    ta: ws.take(bn),
+                    da: ws.take(bn),
                     p,
                     dz: p + bn,
                     ddz: p + 2 * bn,
-                    z: ws.take(bn),
-                    da: ws.take(bn),
-                    zd: ws.take(bn),
-                    ad: ws.take(bn),
-                    tz: ws.take(bn),
-                    ta: ws.take(bn),
                     rho: ws.take(bn),
                 }
             })
             .collect();
-        // Gradient sums over K = 3B rows in chunks of at least 256 rows, at most 32 chunks.
-        let k = 3 * b;
-        let kc = k.div_ceil(32).max(256).min(k);
-        let chunks = k.div_ceil(kc);
-        let part = ws.take(chunks * theta.1);
-        let grad = ws.take_aligned(theta.1, align);
+        // Layers shape: the gradient sums over the rows in chunks of at least 64 rows, at
+        // most 32 chunks; tile shape: one slot per workgroup.
+        // (At most 2^15 rows a chunk: llvmpipe ends any shader loop after 65 535 iterations.)
+        let chunk_rows = rows.div_ceil(32).clamp(64, 1 << 15).min(rows);
+        let chunks = rows.div_ceil(chunk_rows);
+        let (parts, scal_slots) = match shape {
+            Shape::Tile(_) => (groups, groups),
+            Shape::Layers(_) => (chunks, 1),
+        };
+        let scal_len = seam::SCAL_FIXED as usize + nsn;
+        io.part = ws.take(parts * theta.1) as u32;
+        io.parts = parts as u32;
+        io.scal = ws.take(scal_slots * scal_len) as u32;
+        io.scal_slots = scal_slots as u32;
+        io.scal_len = scal_len as u32;
+        io.grad = ws.take_aligned(theta.1, align) as u32;
+        io.theta_len = theta.1 as u32;
         let ws_len = ws.0;
 
         let mut sn = Alloc(0);
-        sn.take(META_STRIDE * layers);
-        let sn_slots = if spectral_norm {
-            hidden
-                .iter()
-                .enumerate()
-                .map(|(m, &n)| {
-                    let fan_in = widths[m];
-                    SnSlots {
-                        u: sn.take_aligned(n, align),
-                        v: sn.take(fan_in),
-                        tmp: sn.take(fan_in + n),
-                        sigma: sn.take(1),
-                        dot: sn.take(1),
-                    }
-                })
-                .collect()
-        } else {
-            vec![]
-        };
+        let sn_slots = (0..nsn)
+            .map(|m| {
+                let (fan_in, n) = (widths[m], widths[m + 1]);
+                SnSlots {
+                    u: sn.take_aligned(n, align),
+                    u_new: sn.take(n),
+                    v: sn.take(fan_in),
+                    sigma: sn.take(1),
+                }
+            })
+            .collect();
         Ok(Plan {
+            shape,
             b,
-            d,
+            ws_rows: rows,
+            net: net.clone(),
             widths,
-            act,
             w_off,
             b_off,
             theta_len: theta.1,
-            hidden: hidden_layout,
+            hidden,
             io,
-            kc,
+            chunk_rows,
             chunks,
-            part,
-            grad,
+            tiles,
+            groups,
             ws_len,
             sn_slots,
             sn_len: sn.0.max(1),
@@ -312,313 +437,259 @@ impl Plan {
         self.widths.len() - 1
     }
 
-    /// The layer table written at the start of `sn` (u32 words), see `rows.wgsl`.
-    pub fn meta(&self) -> Vec<u32> {
-        let mut m = vec![0u32; META_STRIDE * self.layers()];
-        for l in 1..=self.layers() {
-            let row = &mut m[(l - 1) * META_STRIDE..l * META_STRIDE];
-            row[0] = self.widths[l - 1] as u32;
-            row[1] = self.widths[l] as u32;
-            row[2] = self.w_off[l - 1] as u32;
-            row[3] = self.b_off[l - 1] as u32;
-            row[4] = u32::MAX;
-            if let Some(s) = self.sn_slots.get(l - 1) {
-                row[4] = s.sigma as u32;
-                row[5] = s.u as u32;
-                row[6] = s.v as u32;
-                row[7] = s.dot as u32;
-                row[14] = s.tmp as u32;
-            }
-            if let Some(h) = self.hidden.get(l - 1) {
-                row[8] = h.z as u32;
-                row[9] = h.p as u32;
-                row[10] = h.dz as u32;
-                row[11] = h.zd as u32;
-                row[12] = h.tz as u32;
-                row[13] = h.ddz as u32;
-            }
-        }
-        m
+    /// The layer table the kernels get (`LAYERS`).
+    pub fn layer_table(&self) -> Vec<Layer> {
+        (1..=self.layers())
+            .map(|l| {
+                let mut t = Layer {
+                    fan_in: self.widths[l - 1] as u32,
+                    fan_out: self.widths[l] as u32,
+                    w_off: self.w_off[l - 1] as u32,
+                    b_off: self.b_off[l - 1] as u32,
+                    sigma: NONE,
+                    u: NONE,
+                    u_new: NONE,
+                    v: NONE,
+                    sn_index: NONE,
+                    z: NONE,
+                    a: NONE,
+                    q: NONE,
+                    r: NONE,
+                    ad: NONE,
+                    zd: NONE,
+                    tz: NONE,
+                    ta: NONE,
+                    da: NONE,
+                    p: NONE,
+                    dz: NONE,
+                    ddz: NONE,
+                    rho: NONE,
+                };
+                if let Some(s) = self.sn_slots.get(l - 1) {
+                    t.sigma = s.sigma as u32;
+                    t.u = s.u as u32;
+                    t.u_new = s.u_new as u32;
+                    t.v = s.v as u32;
+                    t.sn_index = (l - 1) as u32;
+                }
+                if let Some(h) = self.hidden.get(l - 1) {
+                    let o = |x: usize| x as u32;
+                    (t.z, t.a, t.q, t.r, t.ad, t.zd) =
+                        (o(h.z), o(h.a), o(h.q), o(h.r), o(h.ad), o(h.zd));
+                    (t.tz, t.ta, t.da, t.p, t.dz, t.ddz, t.rho) = (
+                        o(h.tz),
+                        o(h.ta),
+                        o(h.da),
+                        o(h.p),
+                        o(h.dz),
+                        o(h.ddz),
+                        o(h.rho),
+                    );
+                }
+                t
+            })
+            .collect()
     }
 
-    fn sigma_slot(&self, l: usize) -> f64 {
-        self.sn_slots
-            .get(l - 1)
-            .map_or(u32::MAX as f64, |s| s.sigma as f64)
-    }
-
-    /// Constants every kernel gets.
-    fn common(&self, s: &Specialise) -> Vec<(&'static str, f64)> {
-        vec![
-            ("B", self.b as f64),
-            ("D", self.d as f64),
-            ("ACT", self.act.code() as f64),
-            ("EPS0", s.eps as f64),
-            ("RESCALE", s.rescale as u8 as f64),
-            ("CV", s.control_variate as u8 as f64),
-            ("REG", s.energy_reg as f64),
-            ("SPHERE", s.sphere as u8 as f64),
-            ("BALL", s.ball as u8 as f64),
-        ]
-    }
-
-    fn rows_constants(&self, s: &Specialise) -> Vec<(&'static str, f64)> {
-        let io = &self.io;
-        let mut c = self.common(s);
-        c.extend([
-            ("ROWS_WG", ROWS_WG as f64),
-            ("O_X0", io.x0 as f64),
-            ("O_X0L", io.x0l as f64),
-            ("O_NZ", io.nz as f64),
-            ("O_G", io.g as f64),
-            ("O_PSI", io.psi as f64),
-            ("O_DPSI", io.dpsi as f64),
-            ("O_DG", io.dg as f64),
-            ("O_XI", io.xi as f64),
-            ("O_DX", io.dx as f64),
-            ("O_DXL", io.dxl as f64),
-            ("O_V", io.v as f64),
-            ("O_CH", io.ch as f64),
-            ("O_DCH", io.dch as f64),
-            ("O_Q0", io.q0 as f64),
-            ("O_R0", io.r0 as f64),
-            ("O_PL", io.pl as f64),
-            ("O_EPS", io.eps as f64),
-            ("O_E0", io.e0 as f64),
-            ("O_E1", io.e1 as f64),
-            ("O_LOSS", io.loss as f64),
-            ("O_C0", io.c0 as f64),
-            ("O_C1", io.c1 as f64),
-            ("O_DOTS", io.dots as f64),
-            ("O_OUT", io.out as f64),
-            ("META", 0.0),
-            ("NL", self.layers() as f64),
-            ("NSN", self.sn_slots.len() as f64),
-            ("PART", self.part as f64),
-            ("CHUNKS", self.chunks as f64),
-            ("THETA_LEN", self.theta_len as f64),
-            ("O_GRAD", self.grad as f64),
-            ("OPT", s.opt_code as f64),
-        ]);
-        c
-    }
-
-    fn rows_kernel(&self, s: &Specialise, entry: &'static str, groups: [u32; 3]) -> KernelSpec {
-        let phase = match entry {
-            "power_iteration" | "sigma_stored" => Phase::Head,
-            "update_train" | "update_grad" => Phase::Tail,
-            _ => Phase::Body,
-        };
-        KernelSpec {
-            label: entry.to_string(),
-            phase,
-            source: Source::Rows,
-            entry,
-            constants: self.rows_constants(s),
-            groups,
-            core: None,
+    /// Block shape of the direct core for wide outputs.
+    fn wide_block(&self) -> (usize, usize) {
+        match self.shape {
+            Shape::Tile(t) => t.block,
+            Shape::Layers(_) => (8, 8),
         }
     }
 
-    /// Core and grid of a layer kernel with an (m × n) output.
-    fn matmul(s: &Specialise, m: usize, n: usize, chunks: usize) -> (Option<Core>, [u32; 3]) {
-        let (core, groups) = Core::choose(m, n, chunks, s.subgroup);
-        (Some(core), groups)
+    pub(super) fn core(&self, s: &Specialise, n: usize) -> Core {
+        Core::choose(n, s.subgroup, self.wide_block())
     }
 
-    /// A forward-shaped layer kernel (`layer_forward.wgsl`) for layer l in `mode`.
-    fn forward(&self, s: &Specialise, l: usize, mode: u32) -> KernelSpec {
-        let (k, n) = (self.widths[l - 1], self.widths[l]);
-        let io = &self.io;
-        let input = match (l, mode) {
-            (1, 0) => io.x0,
-            (1, 1) => io.dx,
-            (1, _) => io.v,
-            (_, 0) => self.hidden[l - 2].a,
-            (_, 1) => self.hidden[l - 2].ad,
-            _ => self.hidden[l - 2].ta,
-        };
-        let mut c = self.common(s);
-        c.extend([
-            ("M", self.b as f64),
-            ("N", n as f64),
-            ("K", k as f64),
-            ("MODE", mode as f64),
-            ("IN", input as f64),
-            ("W_OFF", self.w_off[l - 1] as f64),
-            ("BIAS_OFF", self.b_off[l - 1] as f64),
-            ("SN_SLOT", self.sigma_slot(l)),
-            ("O_C1", io.c1 as f64),
-        ]);
-        match self.hidden.get(l - 1) {
-            Some(h) => c.extend([
-                ("HIDDEN", 1.0),
-                ("O_Z", h.z as f64),
-                ("O_A", h.a as f64),
-                ("O_ZD", h.zd as f64),
-                ("O_AD", h.ad as f64),
-                ("O_TZ", h.tz as f64),
-                ("O_TA", h.ta as f64),
-                ("O_Q", h.q as f64),
-                ("O_R", h.r as f64),
-            ]),
-            None => c.extend([
-                ("HIDDEN", 0.0),
-                ("O_OUT", if mode == 0 { io.psi } else { io.dpsi } as f64),
-            ]),
-        }
-        let name = ["forward", "diff_forward", "tangent"][mode as usize];
-        let (core, groups) = Self::matmul(s, self.b, n, 1);
-        KernelSpec {
-            label: format!("{name} {l}"),
-            phase: Phase::Body,
-            source: Source::Forward,
-            entry: "main",
-            constants: c,
-            groups,
-            core,
-        }
-    }
-
-    /// A backward-shaped layer kernel (`layer_backward.wgsl`) for layer l (target l − 1).
-    fn backward(&self, s: &Specialise, l: usize, mode: u32) -> KernelSpec {
-        let (k, n) = (self.widths[l], self.widths[l - 1]);
+    /// The forward sweep of layer l in `m` (see shaders/fused/layers.wgsl).
+    fn forward(&self, l: usize, m: u32) -> Sweep {
         let io = &self.io;
         let last = l == self.layers();
-        let input = match (last, mode) {
-            (true, 0) => io.x0,
-            (true, 1) => io.dx,
-            (true, _) => io.v,
-            (false, 0) => self.hidden[l - 1].dz,
-            (false, 1) => self.hidden[l - 1].ddz,
-            (false, _) => self.hidden[l - 1].rho,
+        let (input, stride) = match (l, m) {
+            (1, mode::VALUE) => (io.x0, io.din),
+            (1, mode::DIFF) => (io.dx, io.d),
+            (1, _) => (io.v, io.d),
+            (_, _) => {
+                let h = &self.hidden[l - 2];
+                let at = match m {
+                    mode::VALUE => h.a,
+                    mode::DIFF => h.ad,
+                    _ => h.ta,
+                };
+                (at as u32, h.n as u32)
+            }
         };
-        let mut c = self.common(s);
-        c.extend([
-            ("M", self.b as f64),
-            ("N", n as f64),
-            ("K", k as f64),
-            ("MODE", mode as f64),
-            ("IN", input as f64),
-            ("W_OFF", self.w_off[l - 1] as f64),
-            ("SN_SLOT", self.sigma_slot(l)),
-            ("O_C0", io.c0 as f64),
-            ("O_C1", io.c1 as f64),
-        ]);
-        if l >= 2 {
-            let h = &self.hidden[l - 2];
-            c.extend([
-                ("HIDDEN", 1.0),
-                ("O_Z", h.z as f64),
-                ("O_DA", h.da as f64),
-                ("O_DZ", h.dz as f64),
-                ("O_ZD", h.zd as f64),
-                ("O_DDZ", h.ddz as f64),
-                ("O_TZ", h.tz as f64),
-                ("O_RHO", h.rho as f64),
-                ("O_P", h.p as f64),
-            ]);
+        // Layer 1 of a conditional energy: the move and v have no condition columns.
+        let k = if l == 1 && m != mode::VALUE {
+            self.net.d
         } else {
-            let (psi, out) = if mode == 0 {
-                (io.psi, io.g)
-            } else {
-                (io.dpsi, io.dg)
-            };
-            c.extend([
-                ("HIDDEN", 0.0),
-                ("O_PSI", psi as f64),
-                ("O_OUT", out as f64),
-            ]);
+            self.widths[l - 1]
+        };
+        let mut s = Sweep {
+            forward: 1,
+            mode: m,
+            layer: l as u32,
+            n: self.widths[l] as u32,
+            k: k as u32,
+            input,
+            in_stride: stride,
+            hidden: (!last) as u32,
+            out: if m == mode::VALUE { io.psi } else { io.dpsi },
+            w_off: self.w_off[l - 1] as u32,
+            b_off: self.b_off[l - 1] as u32,
+            ..self.sweep_defaults(l)
+        };
+        if let Some(h) = self.hidden.get(l - 1).filter(|_| !last) {
+            self.set_streams(&mut s, h);
         }
-        let name = ["backward", "diff_backward", "adjoint"][mode as usize];
-        let (core, groups) = Self::matmul(s, self.b, n, 1);
-        KernelSpec {
-            label: format!("{name} {l}"),
-            phase: Phase::Body,
-            source: Source::Backward,
-            entry: "main",
-            constants: c,
-            groups,
-            core,
+        s
+    }
+
+    /// The backward sweep of layer l (into layer l − 1, or the input) in `m`.
+    fn backward(&self, l: usize, m: u32) -> Sweep {
+        let io = &self.io;
+        let last = l == self.layers();
+        let (input, stride) = match (last, m) {
+            (true, mode::VALUE) => (io.x0, io.din),
+            (true, mode::DIFF) => (io.dx, io.d),
+            (true, _) => (io.v, io.d),
+            (false, _) => {
+                let h = &self.hidden[l - 1];
+                let at = match m {
+                    mode::VALUE => h.dz,
+                    mode::DIFF => h.ddz,
+                    _ => h.rho,
+                };
+                (at as u32, h.n as u32)
+            }
+        };
+        let n = if l == 1 {
+            self.net.d
+        } else {
+            self.widths[l - 1]
+        };
+        let mut s = Sweep {
+            forward: 0,
+            mode: m,
+            layer: l as u32,
+            n: n as u32,
+            k: self.widths[l] as u32,
+            input,
+            in_stride: stride,
+            hidden: (l >= 2) as u32,
+            out: if m == mode::VALUE { io.g } else { io.dg },
+            psi: if m == mode::VALUE { io.psi } else { io.dpsi },
+            w_off: self.w_off[l - 1] as u32,
+            b_off: NONE,
+            ..self.sweep_defaults(l)
+        };
+        if l >= 2 {
+            self.set_streams(&mut s, &self.hidden[l - 2]);
+        }
+        s
+    }
+
+    fn sweep_defaults(&self, l: usize) -> Sweep {
+        let wg = matches!(self.shape, Shape::Tile(t) if t.workgroup_weights);
+        Sweep {
+            wg_weights: wg as u32,
+            wg_w_off: self.w_off[l - 1] as u32,
+            psi: NONE,
+            out: NONE,
+            z: NONE,
+            a: NONE,
+            ad: NONE,
+            zd: NONE,
+            tz: NONE,
+            ta: NONE,
+            q: NONE,
+            r: NONE,
+            da: NONE,
+            dz: NONE,
+            ddz: NONE,
+            rho: NONE,
+            p: NONE,
+            ..Sweep::default()
         }
     }
 
-    /// The gradient sums of layer l (`layer_grad.wgsl`).
-    fn grad_kernel(&self, s: &Specialise, l: usize) -> KernelSpec {
+    fn set_streams(&self, s: &mut Sweep, h: &Hidden) {
+        let o = |x: usize| x as u32;
+        (s.z, s.a, s.ad, s.zd, s.tz, s.ta) = (o(h.z), o(h.a), o(h.ad), o(h.zd), o(h.tz), o(h.ta));
+        (s.q, s.r, s.da, s.dz, s.ddz, s.rho, s.p) =
+            (o(h.q), o(h.r), o(h.da), o(h.dz), o(h.ddz), o(h.rho), o(h.p));
+    }
+
+    /// The gradient sums of layer l.
+    fn grad(&self, l: usize) -> GradSweep {
         let (fi, fo) = (self.widths[l - 1], self.widths[l]);
-        let left = if l == 1 {
-            self.io.x0
+        let io = &self.io;
+        let (left, left_q, left_r, stride, qr) = if l == 1 {
+            (io.x0, io.q0, io.r0, io.din, io.d)
         } else {
-            self.hidden[l - 2].a
+            let h = &self.hidden[l - 2];
+            (h.a as u32, h.q as u32, h.r as u32, h.n as u32, h.n as u32)
         };
         let right = match self.hidden.get(l - 1) {
-            Some(h) => h.p,
-            None => self.io.pl,
+            Some(h) => h.p as u32,
+            None => io.pl,
         };
-        let mut c = self.common(s);
-        c.extend([
-            ("M", (fi + 1) as f64),
-            ("N", fo as f64),
-            ("K", (3 * self.b) as f64),
-            ("KC", self.kc as f64),
-            ("LEFT", left as f64),
-            ("RIGHT", right as f64),
-            ("W_OFF", self.w_off[l - 1] as f64),
-            ("BIAS_OFF", self.b_off[l - 1] as f64),
-            ("PART", self.part as f64),
-            ("THETA_LEN", self.theta_len as f64),
-        ]);
-        let (core, groups) = Self::matmul(s, fi + 1, fo, self.chunks);
-        KernelSpec {
-            label: format!("grad {l}"),
-            phase: Phase::Body,
-            source: Source::Grad,
-            entry: "main",
-            constants: c,
-            groups,
-            core,
+        GradSweep {
+            layer: l as u32,
+            m: (fi + 1) as u32,
+            n: fo as u32,
+            left,
+            left_q,
+            left_r,
+            left_stride: stride,
+            qr_width: qr,
+            right,
+            w_off: self.w_off[l - 1] as u32,
+            b_off: self.b_off[l - 1] as u32,
+            rows: io.rows,
         }
     }
 
-    /// The kernels of one step in `mode`, in order (see the table in `fused/mod.rs`).
-    pub fn kernels(&self, s: &Specialise, mode: Mode) -> Vec<KernelSpec> {
+    /// The stages of a step, in order.
+    pub(super) fn stages(&self, s: &Specialise) -> Vec<Stage> {
         let layers = self.layers();
-        let rows = [self.b.div_ceil(ROWS_WG) as u32, 1, 1];
+        let names = ["value", "diff", "adjoint"];
+        let fwd = |l: usize, m: u32| {
+            let sw = self.forward(l, m);
+            let core = self.core(s, sw.n as usize);
+            Stage::Sweep(format!("forward_{l}_{}", names[m as usize]), sw, core)
+        };
+        let bwd = |l: usize, m: u32| {
+            let sw = self.backward(l, m);
+            let core = self.core(s, sw.n as usize);
+            Stage::Sweep(format!("backward_{l}_{}", names[m as usize]), sw, core)
+        };
         let mut k = Vec::new();
         if !self.sn_slots.is_empty() {
-            let entry = match mode {
-                Mode::Train => "power_iteration",
-                _ => "sigma_stored",
-            };
-            k.push(self.rows_kernel(s, entry, [self.sn_slots.len() as u32, 1, 1]));
+            k.push(Stage::Sigma);
         }
-        let input = match mode {
-            Mode::Train => "rows_input_drawn",
-            Mode::Eval => "rows_input_given",
-            Mode::EvalGivenNoise => "rows_input_given_noise",
-        };
-        k.push(self.rows_kernel(s, input, rows));
-        k.extend((1..=layers).map(|l| self.forward(s, l, 0)));
-        k.extend((1..=layers).rev().map(|l| self.backward(s, l, 0)));
-        k.push(self.rows_kernel(s, "rows_step", rows));
-        k.extend((1..=layers).map(|l| self.forward(s, l, 1)));
-        k.push(self.rows_kernel(s, "rows_diff", rows));
-        k.extend((1..=layers).rev().map(|l| self.backward(s, l, 1)));
-        k.push(self.rows_kernel(s, "rows_adj", rows));
-        k.extend((1..layers).map(|l| self.forward(s, l, 2)));
-        k.extend((2..=layers).rev().map(|l| self.backward(s, l, 2)));
+        k.push(Stage::Input);
+        k.extend((1..=layers).map(|l| fwd(l, mode::VALUE)));
+        k.extend((1..=layers).rev().map(|l| bwd(l, mode::VALUE)));
+        k.push(Stage::Step);
+        k.extend((1..=layers).map(|l| fwd(l, mode::DIFF)));
+        k.push(Stage::Diff);
+        k.extend((1..=layers).rev().map(|l| bwd(l, mode::DIFF)));
+        k.push(Stage::Adj);
+        k.extend((1..layers).map(|l| fwd(l, mode::ADJOINT)));
+        k.extend((2..=layers).rev().map(|l| bwd(l, mode::ADJOINT)));
         if !self.sn_slots.is_empty() {
-            k.push(self.rows_kernel(s, "rows_dots", rows));
+            k.push(Stage::Dots);
         }
-        k.push(self.rows_kernel(s, "sums", [1, 1, 1]));
-        k.extend((1..=layers).map(|l| self.grad_kernel(s, l)));
-        let groups = self.theta_len.div_ceil(256);
-        let gx = groups.min(65535);
-        let update = match mode {
-            Mode::Train => "update_train",
-            _ => "update_grad",
-        };
-        k.push(self.rows_kernel(s, update, [gx as u32, groups.div_ceil(gx) as u32, 1]));
+        k.push(Stage::Sums);
+        for l in 1..=layers {
+            let g = self.grad(l);
+            let core = self.core(s, g.n as usize);
+            k.push(Stage::Grad(l, g, core));
+        }
+        k.push(Stage::Update);
         k
     }
 }

@@ -12,6 +12,8 @@ const ENVIRONMENT: &str = "Environment:
   WGPU_BACKEND       restrict backends (vulkan, metal, dx12, gl; comma-separated)
   WGPU_ADAPTER_NAME  pick the adapter whose name contains this text
   WMVL_KERNELS       gpu (tiled) or cpu (barrier-free) kernels; unset: chosen by adapter
+  WMVL_FUSED_SHAPE   the fused MVL step's shape: tile-gpu, tile-cpu or layers (as --shape)
+  WMVL_TILE          rows,groups,size of a tile shape (to measure others on an adapter)
 
 On failure or Ctrl-C, `train` never replaces --out: it saves the last good parameters and
 the optimiser state to OUT.partial.safetensors and says how to resume (--resume).";
@@ -88,6 +90,7 @@ const OBJECTIVES: [&str; 10] = [
 ];
 const OPTIMIZERS: [&str; 3] = ["rmsprop", "rmsprop-torch", "adam"];
 const PATHS: [&str; 3] = ["auto", "tape", "fused"];
+const SHAPES: [&str; 4] = wmvl::fused::ShapeChoice::NAMES;
 const MANIFOLDS: [&str; 3] = wmvl::manifold::Manifold::NAMES;
 const DATASETS: [&str; 7] = [
     "banana",
@@ -136,6 +139,11 @@ pub struct ObjectiveArgs {
     /// tanh, sigmoid or softplus), else the tape
     #[arg(long, value_parser = names(&PATHS), default_value = "auto")]
     pub path: String,
+    /// The fused step's shape: auto chooses for the adapter (tile-cpu on CPU drivers such as
+    /// lavapipe, tile-gpu on GPUs, layers for wide layers and large batches); the others force
+    /// one (also WMVL_FUSED_SHAPE)
+    #[arg(long, value_parser = names(&SHAPES), default_value = "auto")]
+    pub shape: String,
 }
 
 #[derive(Args)]
@@ -209,6 +217,9 @@ pub struct TrainArgs {
     /// Read the loss (and report progress) every this many steps
     #[arg(long, value_parser = count, default_value = "50")]
     pub log_every: usize,
+    /// Steps recorded into one GPU submission (the GPU runs them while the next are recorded)
+    #[arg(long, value_parser = count, default_value = "100")]
+    pub steps_per_submit: usize,
     /// Save the run to OUT.partial.safetensors every this many steps (0: never)
     #[arg(long, value_parser = count, default_value = "0")]
     pub checkpoint_every: usize,
@@ -304,6 +315,9 @@ pub fn check_names() -> Result<(), wmvl::Error> {
     }
     for p in PATHS {
         wmvl::fused::Path::from_name(p)?;
+    }
+    for s in SHAPES {
+        wmvl::fused::ShapeChoice::from_name(s)?;
     }
     for d in DATASETS {
         if wmvl::data::Toy::from_name(d).is_err() {

@@ -80,6 +80,19 @@ fn info() -> Result<(), Error> {
             "tiled (GPU)"
         }
     );
+    // The fused MVL step's shape for the SPEC §10 configurations on this adapter.
+    for (name, d, h, b) in [
+        ("paper", 2, 100, 200),
+        ("small", 8, 256, 128),
+        ("large", 32, 512, 4096),
+    ] {
+        let arch = wmvl::model::Arch {
+            hidden: vec![h, h],
+            ..wmvl::model::Arch::paper(d)
+        };
+        let shape = wmvl::fused::FusedMvl::shape_for(&gpu, &arch, b)?;
+        println!("fused:    {name} (d {d}, h {h}, B {b}): {shape}");
+    }
     let t = std::time::Instant::now();
     let err = wmvl::selfcheck::run(&gpu)?;
     let ok = err < 1e-3;
@@ -222,7 +235,7 @@ fn eval(a: EvalArgs) -> Result<(), Error> {
     let mut chunk = 4096.min(n);
     if fused {
         // The fused step evaluates chunks whose workspace the adapter can bind.
-        match wmvl::fused::FusedMvl::largest_batch(&gpu, &model.arch, chunk) {
+        match wmvl::fused::FusedMvl::largest_chunk(&gpu, &model.arch, chunk)? {
             Some(c) => chunk = c,
             None if path == wmvl::fused::Path::Auto => fused = false,
             None => {

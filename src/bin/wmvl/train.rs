@@ -402,6 +402,8 @@ pub fn run(argv: &[OsString]) -> Result<(), Error> {
         checkpoint_every: a.checkpoint_every,
         diverge_factor: a.diverge_factor,
         path: wmvl::fused::Path::from_name(&a.objective.path)?,
+        steps_per_submit: a.steps_per_submit,
+        shape: wmvl::fused::ShapeChoice::from_name(&a.objective.shape)?,
     };
     let mut trainer = Trainer::new(&gpu, model, x, h, cfg.clone())?;
     if let Some(st) = &resume_state {
@@ -424,7 +426,10 @@ pub fn run(argv: &[OsString]) -> Result<(), Error> {
             .unwrap_or_default()
     );
     match (trainer.fused_launches_per_step(), trainer.path_note()) {
-        (Some(k), _) => eprintln!("wmvl: fused kernels, {k} launches per step"),
+        (Some(k), _) => eprintln!(
+            "wmvl: fused kernels ({} shape), {k} launches per step",
+            trainer.fused_step().map_or("?", |f| f.shape().name())
+        ),
         (None, Some(note)) => eprintln!("wmvl: {note}"),
         (None, None) => eprintln!("wmvl: tape path"),
     }
