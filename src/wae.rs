@@ -73,6 +73,9 @@ pub struct WaeConfig {
     /// MVL's step size ε₀.
     pub eps: f32,
     pub seed: u64,
+    /// WAE-MVL's energy step on the fused kernels (`Auto`: wherever they apply) or the tape.
+    /// Not part of the model: a checkpoint does not record it.
+    pub path: crate::fused::Path,
 }
 
 impl WaeConfig {
@@ -92,6 +95,7 @@ impl WaeConfig {
             critic_reg: 1e-5,
             eps: 1e-3,
             seed: 0,
+            path: crate::fused::Path::Auto,
         }
     }
 
@@ -184,6 +188,8 @@ pub struct Wae<'g> {
     /// Device random streams, derived from (seed, stream) so a resumed run repeats them.
     rng: Rng,
     pub steps_done: usize,
+    /// WAE-MVL's fused energy step (built at the first step: None on the tape).
+    critic_fused: Option<Option<crate::fused::given::GivenRows<'g>>>,
 }
 
 impl<'g> Wae<'g> {
@@ -213,6 +219,7 @@ impl<'g> Wae<'g> {
             opt,
             opt_critic,
             steps_done: 0,
+            critic_fused: None,
         })
     }
 
@@ -310,17 +317,42 @@ impl<'g> Wae<'g> {
                     Latent::Euclidean => z,
                 };
                 let (seed, stream) = self.rng.next_draw();
-                let noise = tape.random(rows, self.cfg.nz, Dist::STANDARD_NORMAL, seed, stream)?;
-                let bound = self.critic.bind(&tape, false)?;
-                let energy = Scaled {
-                    energy: &bound,
-                    scale,
-                };
                 let cfg = Config {
                     eps: self.cfg.eps,
                     energy_reg: self.cfg.critic_reg,
                     manifold: self.cfg.latent.manifold(),
                     ..Config::default()
+                };
+                // The fused step where it applies (built once, for this batch size).
+                if self
+                    .critic_fused
+                    .as_ref()
+                    .is_none_or(|f| f.as_ref().is_some_and(|f| f.rows() != rows))
+                {
+                    self.critic_fused = Some(crate::fused::given::GivenRows::new(
+                        gpu,
+                        &mut self.critic,
+                        &cfg,
+                        &self.opt_critic,
+                        self.cfg.path,
+                        (rows, self.cfg.nz, 0),
+                        scale,
+                    )?);
+                }
+                if let Some(Some(f)) = &self.critic_fused {
+                    return f.record(
+                        &mut self.critic,
+                        &mut self.opt_critic,
+                        &form.value(),
+                        None,
+                        (seed, stream),
+                    );
+                }
+                let noise = tape.random(rows, self.cfg.nz, Dist::STANDARD_NORMAL, seed, stream)?;
+                let bound = self.critic.bind(&tape, false)?;
+                let energy = Scaled {
+                    energy: &bound,
+                    scale,
                 };
                 let loss = estimate(Objective::Mvl, &cfg, &energy, form, Some(noise))?.loss;
                 (loss, bound.leaves)
@@ -457,6 +489,7 @@ impl<'g> Wae<'g> {
                 critic_reg: ck.meta_parse("wae.critic_reg")?,
                 eps: ck.meta_parse("wae.eps")?,
                 seed: ck.meta_parse("wae.seed")?,
+                path: crate::fused::Path::Auto,
             })
         })()
         .map_err(at)?;

@@ -90,6 +90,9 @@ pub struct VaeConfig {
     /// MVL's step size ε₀ for the conditional energy.
     pub eps: f32,
     pub seed: u64,
+    /// The conditional energy's MVL step on the fused kernels (`Auto`: wherever they apply)
+    /// or the tape. Not part of the model: a checkpoint does not record it.
+    pub path: crate::fused::Path,
 }
 
 impl VaeConfig {
@@ -106,6 +109,7 @@ impl VaeConfig {
             energy_reg: 1e-4,
             eps: 1e-3,
             seed: 0,
+            path: crate::fused::Path::Auto,
         }
     }
 

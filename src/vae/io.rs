@@ -172,6 +172,7 @@ impl Vae<'_> {
                 energy_reg: ck.meta_parse("vae.energy_reg")?,
                 eps: ck.meta_parse("vae.eps")?,
                 seed: ck.meta_parse("vae.seed")?,
+                path: crate::fused::Path::Auto,
             })
         })()
         .map_err(at)?;

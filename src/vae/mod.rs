@@ -28,6 +28,8 @@ pub(crate) mod io;
 
 pub use config::{Latent, Posterior, VaeConfig};
 
+use crate::fused::given::GivenRows;
+
 /// Tags the VAE's host random stream apart from other users of the seed.
 const HOST_STREAM: u64 = 0x7ae_5eed;
 
@@ -84,6 +86,8 @@ pub struct Vae<'g> {
     rng: Rng,
     host_rng: HostRng,
     pub steps_done: usize,
+    /// The conditional energy's fused MVL step (built at the first step: None on the tape).
+    energy_fused: Option<Option<GivenRows<'g>>>,
 }
 
 /// Rows scaled to unit norm (the sphere's encoders).
@@ -152,6 +156,7 @@ impl<'g> Vae<'g> {
             opt,
             opt_energy,
             steps_done: 0,
+            energy_fused: None,
         })
     }
 
@@ -272,21 +277,45 @@ impl<'g> Vae<'g> {
             Latent::Sphere => sphere_chart_form(z)?,
             Latent::Euclidean => z,
         };
-        let bound = bind_energy(&mut self.energy, &tape)?;
-        let cond = GivenX {
-            energy: &bound,
-            x: xv,
-            scale: self.cfg.latent_scale(),
-        };
         let (rows, _) = x.shape();
         let (seed, stream) = self.rng.next_draw();
-        let noise = tape.random(rows, self.cfg.nz, Dist::STANDARD_NORMAL, seed, stream)?;
         let cfg = Config {
             eps: self.cfg.eps,
             energy_reg: self.cfg.energy_reg,
             manifold: self.cfg.manifold(),
             ..Config::default()
         };
+        let (Some(model), Some(opt)) = (self.energy.as_mut(), self.opt_energy.as_mut()) else {
+            return Err(no_energy());
+        };
+        // The fused step where it applies (built once, for this batch size).
+        if self
+            .energy_fused
+            .as_ref()
+            .is_none_or(|f| f.as_ref().is_some_and(|f| f.rows() != rows))
+        {
+            let shape = (rows, self.cfg.nz, self.cfg.pixels);
+            let scale = self.cfg.latent_scale();
+            self.energy_fused = Some(GivenRows::new(
+                gpu,
+                model,
+                &cfg,
+                opt,
+                self.cfg.path,
+                shape,
+                scale,
+            )?);
+        }
+        if let Some(Some(f)) = &self.energy_fused {
+            return f.record(model, opt, &form.value(), Some(x), (seed, stream));
+        }
+        let bound = bind_energy(&mut self.energy, &tape)?;
+        let cond = GivenX {
+            energy: &bound,
+            x: xv,
+            scale: self.cfg.latent_scale(),
+        };
+        let noise = tape.random(rows, self.cfg.nz, Dist::STANDARD_NORMAL, seed, stream)?;
         let est = estimate(Objective::Mvl, &cfg, &cond, form, Some(noise))?;
         let (Some(model), Some(opt)) = (self.energy.as_ref(), self.opt_energy.as_mut()) else {
             return Err(no_energy());
