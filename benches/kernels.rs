@@ -1,5 +1,7 @@
 //! Kernel throughput: matmul GFLOP/s and elementwise GB/s at a few sizes, plus the cost of
-//! one tiny dispatch. GPU time from timestamp queries where the adapter has them (the
+//! one tiny dispatch — independent ones, and a chain in which each reads what the previous
+//! one wrote (the real cost between the dependent kernels of a step: the barrier between
+//! them). GPU time from timestamp queries where the adapter has them (the
 //! wall clock of flush + wait otherwise, which also counts the submit).
 //!
 //! cargo bench --bench kernels [-- --quick]
@@ -111,6 +113,21 @@ fn main() -> wmvl::Result<()> {
         "tiny dispatch               {:>9.2} µs/launch ({clock} clock)",
         s * 1e6
     );
+    // Dependent dispatches: each reads the previous one's output (a barrier between them).
+    for len in [1usize, 4096] {
+        let x = gpu.full(len, 1, 1.0)?;
+        let (s, clock) = time(&gpu, reps, trials, &|| {
+            let mut y = x.clone();
+            for _ in 0..reps {
+                y = gpu.affine(&y, 0.5, 1.0)?;
+            }
+            Ok(vec![y])
+        })?;
+        println!(
+            "dependent chain n={len:<5}     {:>9.2} µs/launch ({clock} clock)",
+            s * 1e6
+        );
+    }
     let t = Instant::now();
     let n = 50;
     for _ in 0..n {

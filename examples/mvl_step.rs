@@ -4,18 +4,21 @@
 //! chunk, as the peers in `shared/bench` do, on the fused kernels and/or the tape.
 //!
 //! cargo run --release --example mvl_step -- --config paper|small|large|all
-//!     [--path fused|tape|both] [--steps 200] [--warmup 20] [--profile]
+//!     [--path fused|tape|both] [--shape auto|tile-gpu|tile-cpu|layers|all]
+//!     [--steps 200] [--warmup 20] [--chunk 10] [--profile]
 //!
-//! Prints, per configuration and path, the SPEC §10 line
-//!     wmvl <device> <fused|tape> d=<d> h=<h> B=<B> step_us=<median µs per step> loss=<last loss>
-//! then the GPU memory the configuration holds and the launches per step; with `--profile`
-//! (and an adapter with timestamp queries) a per-kernel table of one step: µs, GFLOP/s of the
-//! layer kernels, GB/s of the others.
+//! Prints, per configuration, path and shape, the SPEC §10 line
+//!     wmvl <device> <mode> d=<d> h=<h> B=<B> step_us=<median µs per step> loss=<last loss>
+//! (mode: `fused` or `tape` with the default chunk of 10 steps per wait, as the peers' jit
+//! loops; `fused-k<K>` with `--chunk K`; `fused-<shape>` with a forced shape), then the shape,
+//! the dispatches per step, the steps per submission and the GPU memory the configuration
+//! holds; with `--profile` (and an adapter with timestamp queries) a per-kernel table of one
+//! step: µs, GFLOP/s of the layer kernels.
 
 use std::time::Instant;
 
 use wmvl::data::Toy;
-use wmvl::fused::Path;
+use wmvl::fused::{Path, ShapeChoice};
 use wmvl::gpu::Gpu;
 use wmvl::model::{Arch, HostParams, Init, Model};
 use wmvl::optim::Rule;
@@ -34,10 +37,11 @@ struct Run {
     b: usize,
     steps: usize,
     warmup: usize,
+    chunk: usize,
     profile: bool,
 }
 
-fn run_config(gpu: &Gpu, r: &Run, path: Path) -> wmvl::Result<()> {
+fn run_config(gpu: &Gpu, r: &Run, path: Path, shape: Option<ShapeChoice>) -> wmvl::Result<()> {
     let (d, h, b) = (r.d, r.h, r.b);
     let n = (b * 8).max(4096);
     let data = if d == 2 {
@@ -60,6 +64,7 @@ fn run_config(gpu: &Gpu, r: &Run, path: Path) -> wmvl::Result<()> {
         lr: 4e-3,
         rule: Rule::RMSPROP_TORCH,
         path,
+        shape: shape.unwrap_or_default(),
         ..Default::default()
     };
     let mut tr = Trainer::new(gpu, model, x, None, cfg)?;
@@ -68,9 +73,10 @@ fn run_config(gpu: &Gpu, r: &Run, path: Path) -> wmvl::Result<()> {
         loss = Some(tr.record_step()?);
     }
     gpu.sync()?;
-    let chunk = 10;
+    // Steps per submission: one wait per chunk, as the peers' loops (JAX scan×K: K steps).
+    let chunk = r.chunk;
     let mut times = Vec::new();
-    for _ in 0..(r.steps / chunk).max(1) {
+    for _ in 0..(r.steps / chunk).max(3) {
         let t = Instant::now();
         for _ in 0..chunk {
             loss = Some(tr.record_step()?);
@@ -85,7 +91,13 @@ fn run_config(gpu: &Gpu, r: &Run, path: Path) -> wmvl::Result<()> {
         None => f32::NAN,
     };
     let dev = gpu.report().name.replace(' ', "_");
-    let mode = if tr.is_fused() { "fused" } else { "tape" };
+    let mut mode = if tr.is_fused() { "fused" } else { "tape" }.to_string();
+    if let (true, Some(s)) = (tr.is_fused(), shape) {
+        mode = format!("fused-{}", s.name());
+    }
+    if chunk != 10 {
+        mode = format!("{mode}-k{chunk}");
+    }
     println!(
         "wmvl {dev} {mode} d={d} h={h} B={b} step_us={:.1} loss={last:.4}",
         med * 1e6
@@ -99,8 +111,29 @@ fn run_config(gpu: &Gpu, r: &Run, path: Path) -> wmvl::Result<()> {
             k
         }
     };
+    let shape_name = tr.fused_step().map_or("tape".to_string(), |f| {
+        let p = f.plan();
+        match f.shape() {
+            wmvl::fused::Shape::Tile(t) => format!(
+                "{} shape: {} workgroups of {} invocations, tiles of {} rows{}",
+                f.shape().name(),
+                p.groups,
+                t.size,
+                t.rows,
+                if t.workgroup_weights {
+                    ", weights in workgroup memory"
+                } else {
+                    ""
+                }
+            ),
+            wmvl::fused::Shape::Layers(_) => format!(
+                "layers shape: sub-batches of {} rows, gradient sums in {} chunks",
+                p.b, p.chunks
+            ),
+        }
+    });
     println!(
-        "    GPU memory held: {:.1} MiB (data, model, optimiser, workspace); {launches} launches per step",
+        "    {shape_name}; {launches} dispatches per step, {chunk} steps per submission; GPU memory held: {:.1} MiB (data, model, optimiser, workspace)",
         (gpu.allocated_bytes() - held_before) as f64 / (1 << 20) as f64
     );
     if r.profile {
@@ -168,6 +201,25 @@ fn main() -> std::process::ExitCode {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     let profile = args.iter().any(|a| a == "--profile");
+    let chunk: usize = arg(&args, "--chunk")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10)
+        .max(1);
+    let shapes: Vec<Option<ShapeChoice>> = match arg(&args, "--shape").as_deref() {
+        None | Some("auto") => vec![None],
+        Some("all") => vec![
+            Some(ShapeChoice::TileGpu),
+            Some(ShapeChoice::TileCpu),
+            Some(ShapeChoice::Layers),
+        ],
+        Some(s) => match ShapeChoice::from_name(s) {
+            Ok(c) => vec![Some(c)],
+            Err(e) => {
+                eprintln!("mvl_step: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+    };
     let paths = match arg(&args, "--path").as_deref().unwrap_or("both") {
         "fused" => vec![Path::Fused],
         "tape" => vec![Path::Tape],
@@ -195,9 +247,13 @@ fn main() -> std::process::ExitCode {
                 b,
                 steps,
                 warmup,
+                chunk,
                 profile,
             };
-            paths.iter().try_for_each(|&p| run_config(&gpu, &r, p))
+            paths.iter().try_for_each(|&p| match p {
+                Path::Fused => shapes.iter().try_for_each(|&s| run_config(&gpu, &r, p, s)),
+                _ => run_config(&gpu, &r, p, None),
+            })
         })
     });
     match result {

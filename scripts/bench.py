@@ -45,6 +45,33 @@ def run(cmd, env=None, timeout=3600):
     return rows, err
 
 
+def check_targets(rows, configs, device):
+    """Each speed target of issue #17 that these rows can judge, met or missed and by how much."""
+    key = lambda r: (int(r["d"]), int(r["h"]), int(r["b"]))
+    cpu = "llvmpipe" in device or "lavapipe" in device
+    out = []
+    for c in configs:
+        got = {f"{r['engine']} {r['mode']}": float(r["us"]) for r in rows if key(r) == CONFIGS[c]}
+        fused, fused_k = got.get("wmvl fused"), got.get("wmvl fused-k100")
+        def line(what, value, bound, better="≤"):
+            ok = value <= bound if better == "≤" else value >= bound
+            out.append(f"{c}: {what} = {value:.2f} (target {better} {bound}): {'met' if ok else 'MISSED'}")
+        if cpu:
+            if fused and got.get("jax jit"):
+                line("fused / JAX jit", fused / got["jax jit"], 2.0)
+            if fused and got.get("wmvl tape"):
+                line("tape / fused", got["wmvl tape"] / fused, 5.0, "≥")
+        else:
+            best = min(v for v in (fused, fused_k) if v) if (fused or fused_k) else None
+            bound = {"paper": 20.0, "small": 40.0, "large": 1000.0}[c]
+            if best:
+                line("fused µs per step (best of chunk 10, 100)", best, bound)
+            scan = got.get("jax scan100")
+            if best and scan and c != "large":
+                line("JAX scan×100 / fused", scan / best, {"paper": 5.0, "small": 3.0}[c], "≥")
+    return out or ["(no rows to judge)"]
+
+
 def has_module(name):
     return subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True).returncode == 0
 
@@ -71,10 +98,13 @@ def main():
 
     rows, notes = [], []
     for c in configs:
-        r, err = run([a.wmvl, "--config", c, "--path", "both", "--steps", str(a.steps)])
-        rows += r
-        if err:
-            notes.append(f"wmvl {c}: {err}")
+        # Chunks of 10 steps per wait (as JAX jit's loop), and 100 steps per submission (as
+        # JAX's lax.scan over 100 steps).
+        for extra in (["--path", "both"], ["--path", "fused", "--chunk", "100"]):
+            r, err = run([a.wmvl, "--config", c, "--steps", str(a.steps)] + extra)
+            rows += r
+            if err:
+                notes.append(f"wmvl {c}: {err}")
 
     if os.path.exists(jax_peer) and has_module("jax"):
         env = dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION="highest")
@@ -116,9 +146,11 @@ def main():
             parts = [f"{n} / fused = {got[n] / fused:.2f}" for n in names if n in got and n != "wmvl fused"]
             ratios.append(f"{c}: " + ", ".join(parts))
     device = rows[0]["device"] if rows else "?"
+    targets = check_targets(rows, configs, device)
     text = "\n".join(
         [f"median µs per training step (SPEC §10) on {device}; same run, one engine after the other", ""]
         + out + ["", "ratios (> 1: the other is slower than wmvl fused):"] + ratios
+        + ["", "targets (issue #17):"] + targets
         + ([""] + ["notes:"] + notes if notes else []))
     print()
     print(text)
