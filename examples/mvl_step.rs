@@ -50,7 +50,7 @@ fn run_config(gpu: &Gpu, r: &Run, path: Path, shape: Option<ShapeChoice>) -> wmv
         let x = wmvl::backend::RandomFill::random(gpu, n, d, Dist::STANDARD_NORMAL, 0, 1)?;
         gpu.read(&x)?
     };
-    let held_before = gpu.allocated_bytes();
+    let held_before = gpu.in_use_bytes();
     let x = gpu.upload(n, d, &data)?;
     let arch = Arch {
         hidden: vec![h, h],
@@ -134,7 +134,7 @@ fn run_config(gpu: &Gpu, r: &Run, path: Path, shape: Option<ShapeChoice>) -> wmv
     });
     println!(
         "    {shape_name}; {launches} dispatches per step, {chunk} steps per submission; GPU memory held: {:.1} MiB (data, model, optimiser, workspace)",
-        (gpu.allocated_bytes() - held_before) as f64 / (1 << 20) as f64
+        gpu.in_use_bytes().saturating_sub(held_before) as f64 / (1 << 20) as f64
     );
     if r.profile {
         profile(gpu, &mut tr, d, h, b)?;

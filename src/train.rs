@@ -258,6 +258,12 @@ impl<'g> Trainer<'g> {
             ) {
                 Ok(step) => {
                     let train = step.bind(&data, None)?;
+                    // Run the kernels once now (an evaluation changes nothing): drivers compile
+                    // them at their first dispatch (lavapipe: seconds), which belongs to the
+                    // set-up, not to the first training step.
+                    let rows = train.rows().min(step.eval_rows());
+                    step.record_eval(&train, &mut model, 0, rows, (0, 0))?;
+                    gpu.sync()?;
                     let heldout = heldout.as_ref().map(|h| step.bind(h, None)).transpose()?;
                     Some(Fused {
                         step,

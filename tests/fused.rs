@@ -651,16 +651,43 @@ fn unsupported_and_oversized_are_refused() -> Result<()> {
     );
 
     // Training runs such a batch in sub-batches that fit (layers shape) or in tiles (tile
-    // shapes: two dispatches whatever the batch); evaluation finds a chunk that fits.
+    // shapes: two dispatches whatever the batch, as long as a CPU driver's loop limit
+    // allows: beyond it a forced tile shape is refused, `Auto` takes the layers shape);
+    // evaluation finds a chunk that fits.
     for shape in [ShapeChoice::TileCpu, ShapeChoice::TileGpu] {
         let model = Model::from_host(Arch::paper(2), &hp, |r, c, d| g.upload(r, c, d))?;
         let cfg = TrainConfig {
-            batch: 5_000_000,
+            batch: 5000,
             shape,
             ..Default::default()
         };
         let t = Trainer::new(g, model, data.clone(), None, cfg)?;
         assert_eq!(t.fused_launches_per_step(), Some(2), "{shape:?}");
+    }
+    if g.report().device_type == "Cpu" {
+        let model = Model::from_host(Arch::paper(2), &hp, |r, c, d| g.upload(r, c, d))?;
+        let cfg = TrainConfig {
+            batch: 2_000_000,
+            shape: ShapeChoice::TileCpu,
+            ..Default::default()
+        };
+        match Trainer::new(g, model, data.clone(), None, cfg) {
+            Err(Error::Invalid(m)) => assert!(
+                m.contains("loop iterations") && m.contains("--shape layers"),
+                "{m}"
+            ),
+            other => panic!(
+                "a tile kernel past the loop limit was accepted: {:?}",
+                other.map(|_| ())
+            ),
+        }
+        let model = Model::from_host(Arch::paper(2), &hp, |r, c, d| g.upload(r, c, d))?;
+        let cfg = TrainConfig {
+            batch: 2_000_000,
+            ..Default::default()
+        };
+        let t = Trainer::new(g, model, data.clone(), None, cfg)?;
+        assert_eq!(t.fused_step().map(|f| f.shape().name()), Some("layers"));
     }
     let model = Model::from_host(Arch::paper(2), &hp, |r, c, d| g.upload(r, c, d))?;
     let cfg = TrainConfig {
@@ -1075,4 +1102,24 @@ fn conditional_energy_matches_the_reference() {
             );
         }
     }
+}
+
+/// llvmpipe (Mesa 22) ends an invocation's loops after 65 535 iterations in all, silently:
+/// a tile kernel whose loops add up past that computed garbage in its last stages (found on
+/// 2 × 512 layers). The plan bounds the iterations and widens the workgroup to stay below;
+/// on wide layers the tile shape must still equal the layers shape.
+#[test]
+fn wide_tiles_stay_within_the_cpu_loop_limit() {
+    let p = problem(8, 2, &[512, 512], Fun::Swish, true, 128);
+    let c = cfg(1e-2, true, true, 0.0);
+    let layers = fused_on(gpu(), &p, &c, p.n, ShapeChoice::Layers);
+    let tile = fused_on(gpu(), &p, &c, p.n, ShapeChoice::TileCpu);
+    let (l, s, g) = errors(&tile, &layers);
+    println!(
+        "2 × 512, 128 rows: tile-cpu vs layers: loss {l:.1e}, per-sample {s:.1e}, gradient {g:.1e}"
+    );
+    assert!(
+        l < 1e-5 && s < 1e-5 && g < 1e-5,
+        "loss {l}, per-sample {s}, gradient {g}"
+    );
 }

@@ -382,8 +382,9 @@ impl Plan {
             .collect();
         // Layers shape: the gradient sums over the rows in chunks of at least 64 rows, at
         // most 32 chunks; tile shape: one slot per workgroup.
-        // (At most 2^15 rows a chunk: llvmpipe ends any shader loop after 65 535 iterations.)
-        let chunk_rows = rows.div_ceil(32).clamp(64, 1 << 15).min(rows);
+        // (At most 2^14 rows a chunk, three blocks of them in one loop nest: llvmpipe ends
+        // an invocation's loops after 65 535 iterations in all.)
+        let chunk_rows = rows.div_ceil(32).clamp(64, 1 << 14).min(rows);
         let chunks = rows.div_ceil(chunk_rows);
         let (parts, scal_slots) = match shape {
             Shape::Tile(_) => (groups, groups),
@@ -650,6 +651,52 @@ impl Plan {
             b_off: self.b_off[l - 1] as u32,
             rows: io.rows,
         }
+    }
+
+    /// An upper bound on the loop iterations one invocation of the tile kernel runs (every
+    /// loop's together): llvmpipe (Mesa 22) counts them in one counter per invocation and
+    /// silently leaves every loop once it reaches 65 535 — a tile kernel past that computes
+    /// garbage there (measured: two loops of 40 000 run 40 000 and 25 534 times).
+    pub fn tile_loop_iterations(&self, s: &Specialise) -> usize {
+        let Shape::Tile(t) = self.shape else {
+            return 0;
+        };
+        let per = |n: usize| n.div_ceil(t.size);
+        let (d, rows) = (self.net.d, t.rows);
+        let row_loops = per(rows) * (6 * d + self.net.dc + 2);
+        let mut tile = 0;
+        for st in self.stages(s) {
+            tile += match st {
+                Stage::Sigma => 0,
+                Stage::Input | Stage::Step | Stage::Diff | Stage::Adj => row_loops,
+                Stage::Dots => per(rows) * self.hidden.iter().map(|h| h.n + 1).sum::<usize>(),
+                Stage::Sums => per(self.io.scal_len as usize) * (rows + rows.div_ceil(64) + 1),
+                Stage::Sweep(_, sw, core) => {
+                    let (br, bc) = core.block();
+                    let blocks = rows.div_ceil(br) * (sw.n as usize).div_ceil(bc);
+                    let per_blocks = blocks.div_ceil(t.size / core.lanes());
+                    per_blocks * (sw.k as usize + 1) + per(rows * sw.n as usize) + 2
+                }
+                Stage::Grad(_, g, core) => {
+                    let (br, bc) = core.block();
+                    let blocks = (g.m as usize).div_ceil(br) * (g.n as usize).div_ceil(bc);
+                    blocks.div_ceil(t.size / core.lanes()) * (3 * rows + 4)
+                }
+                Stage::Update => 1,
+            };
+        }
+        let tiles_each = self.tiles.div_ceil(self.groups);
+        let log = t.size.trailing_zeros() as usize + 1;
+        let sigma: usize = self
+            .sn_slots
+            .iter()
+            .enumerate()
+            .map(|(m, _)| {
+                let (fi, fo) = (self.widths[m], self.widths[m + 1]);
+                per(fi) * (fo + 3) + per(fo) * (fi + 4) + 3 * log + 2
+            })
+            .sum();
+        sigma + tiles_each * (tile + 1)
     }
 
     /// The stages of a step, in order.

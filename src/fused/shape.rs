@@ -75,6 +75,8 @@ pub struct Context {
 /// Partial gradient sums the GPU tile shape may write per step (bytes): the update reads
 /// them all, so they bound the workgroups (and thus set the tile size).
 const GPU_PARTIAL_BYTES: usize = 4 << 20;
+/// Widest hidden layer the CPU-driver tile shape takes by default.
+const CPU_TILE_MAX_WIDTH: usize = 128;
 /// Multiply–adds of one hidden × hidden sweep over the batch past which the layers shape
 /// (matrix-product kernels over the whole batch) takes over on a GPU.
 const TILE_MAX_SWEEP: usize = 1 << 27;
@@ -105,6 +107,9 @@ pub fn choose(choice: ShapeChoice, ctx: &Context) -> Shape {
 fn choose_default(choice: ShapeChoice, ctx: &Context) -> Shape {
     let widest = ctx.widths.iter().copied().max().unwrap_or(1);
     let choice = match choice {
+        // Measured on lavapipe (BENCHMARKS.md): the tile shape is ahead for the paper's
+        // 100-wide layers, the layers shape for 256-wide ones.
+        ShapeChoice::Auto if ctx.cpu && widest > CPU_TILE_MAX_WIDTH => ShapeChoice::Layers,
         ShapeChoice::Auto if ctx.cpu => ShapeChoice::TileCpu,
         ShapeChoice::Auto if ctx.batch * widest * widest > TILE_MAX_SWEEP => ShapeChoice::Layers,
         ShapeChoice::Auto => ShapeChoice::TileGpu,

@@ -89,6 +89,24 @@ fn plan_for(
     Plan::new(&net, batch, shape, ball, theta, align)
 }
 
+/// Loop iterations an invocation may run on a CPU driver (llvmpipe's limit is 65 535 in all),
+/// with a margin for the estimate.
+const LOOP_BUDGET: usize = 60_000;
+
+/// The settings the kernels are specialised for.
+fn spec_for(cfg: &objective::Config, opt: Option<&Optimizer>, gpu: &Gpu) -> Specialise {
+    Specialise {
+        eps: cfg.eps,
+        rescale: cfg.rescale,
+        control_variate: cfg.control_variate,
+        energy_reg: cfg.energy_reg,
+        opt_code: opt.map_or(0, |o| o.rule.kernel_args(0.0, 1).0),
+        subgroup: gpu.subgroup_core(),
+        sphere: cfg.manifold == crate::manifold::Manifold::Sphere,
+        ball: cfg.manifold == crate::manifold::Manifold::Hyperbolic,
+    }
+}
+
 /// The packed layout of a model's parameters on this adapter.
 fn theta_layout(gpu: &Gpu, arch: &crate::model::Arch) -> (Vec<usize>, usize) {
     let shapes: Vec<(usize, usize)> = arch
@@ -253,6 +271,44 @@ impl<'g> FusedMvl<'g> {
                 t.rows = t.rows.div_ceil(2);
             },
         };
+        // A CPU driver (llvmpipe) ends an invocation's loops after 65 535 iterations in all:
+        // more invocations per workgroup until the tile kernel stays below that, or refuse.
+        let plan = match plan.shape {
+            Shape::Tile(mut t) if ctx.cpu => {
+                let mut p = plan;
+                while p.tile_loop_iterations(&spec_for(cfg, opt, gpu)) > LOOP_BUDGET
+                    && 2 * t.size <= ctx.max_invocations.min(1024)
+                {
+                    t.size *= 2;
+                    p = plan_for(
+                        gpu,
+                        &arch,
+                        cfg,
+                        opts,
+                        batch,
+                        Shape::Tile(t),
+                        (&offsets, total),
+                    )?;
+                }
+                let n = p.tile_loop_iterations(&spec_for(cfg, opt, gpu));
+                if n > LOOP_BUDGET && opts.shape == ShapeChoice::Auto {
+                    let layers = Shape::Layers(LayersShape { size: 64 });
+                    let sub = match (opts.sub_batch, opt) {
+                        (Some(s), _) => s,
+                        (None, Some(_)) => Self::largest_batch(gpu, &arch, batch).unwrap_or(batch),
+                        (None, None) => batch,
+                    };
+                    plan_for(gpu, &arch, cfg, opts, sub, layers, (&offsets, total))?
+                } else if n > LOOP_BUDGET {
+                    return Err(Error::Invalid(format!(
+                        "the tile shape's kernel would run {n} loop iterations per invocation, more than this CPU driver runs ({LOOP_BUDGET}); use --shape layers (or a smaller batch)"
+                    )));
+                } else {
+                    p
+                }
+            }
+            _ => plan,
+        };
         if !fits(&plan) {
             return Err(Error::OutOfMemory(format!(
                 "the fused step needs a {} MiB workspace for (sub-)batches of {} rows and hidden widths {:?}, more than this adapter binds at once ({} MiB); reduce the batch size (or use --path tape)",
@@ -283,16 +339,7 @@ impl<'g> FusedMvl<'g> {
             }
             None => (gpu.full(1, 1, 0.0)?, gpu.full(1, 1, 0.0)?),
         };
-        let spec = Specialise {
-            eps: cfg.eps,
-            rescale: cfg.rescale,
-            control_variate: cfg.control_variate,
-            energy_reg: cfg.energy_reg,
-            opt_code: opt.map_or(0, |o| o.rule.kernel_args(0.0, 1).0),
-            subgroup: gpu.subgroup_core(),
-            sphere: cfg.manifold == crate::manifold::Manifold::Sphere,
-            ball: cfg.manifold == crate::manifold::Manifold::Hyperbolic,
-        };
+        let spec = spec_for(cfg, opt, gpu);
         let layout = gpu.shared_layout(&READ_ONLY)?;
         // The whole module once, so that a WGSL error shows here, before any work; each
         // kernel is built from a module of its own when first used.
@@ -791,5 +838,13 @@ impl<'g> FusedMvl<'g> {
     /// Settings this step was specialised for.
     pub fn specialised(&self) -> &Specialise {
         &self.spec
+    }
+}
+
+impl FusedMvl<'_> {
+    /// The workspace (every stream of the last launch), for debugging and tests.
+    #[doc(hidden)]
+    pub fn workspace(&self) -> &Tensor {
+        &self.ws
     }
 }

@@ -249,6 +249,17 @@ impl Gpu {
         self.pool.lock().map(|p| p.allocated_bytes).unwrap_or(0)
     }
 
+    /// Bytes of GPU memory held by live tensors (the pool's free buffers not counted).
+    pub fn in_use_bytes(&self) -> u64 {
+        self.pool
+            .lock()
+            .map(|p| {
+                let free: u64 = p.free.iter().map(|(s, v)| s * v.len() as u64).sum();
+                p.allocated_bytes - free
+            })
+            .unwrap_or(0)
+    }
+
     /// Element offsets of `shapes` packed into one buffer, each aligned so that it can be
     /// bound on its own; returns the offsets and the total length (in f32 elements).
     pub fn packed_layout(&self, shapes: &[(usize, usize)]) -> (Vec<usize>, usize) {
