@@ -28,8 +28,9 @@ fn fwd_load_b(s: Sweep, k: u32, j: u32) -> f32 {
 }
 
 fn bwd_load_b(s: Sweep, k: u32, j: u32) -> f32 {
-    // W_l[j][k] (k < K = fan_out).
+    // W_l[j][k] (k < K = fan_out), or Wᵀ_l[k][j] from the transposed copy.
     if (s.wg_weights == 1u) { return wgw[s.wg_w_off + j * s.k + k]; }
+    if (s.wt == 1u) { return ws[IO.wt + s.w_off + k * s.wt_stride + j]; }
     return theta[s.w_off + j * s.k + k];
 }
 

@@ -152,6 +152,20 @@ fn finish_scalars(train: bool, scal_slots: u32) {
     ctl[CTL_T_IN] = select(ctl[CTL_T_IN], step, train);
 }
 
+// The tile shape's first dispatch where the weights are not in workgroup memory: Wᵀ of
+// every layer into IO.wt (each W_l, fan_in × fan_out, as fan_out × fan_in at its offset).
+@compute @workgroup_size(256)
+fn transpose(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.y * nwg.x * 256u + gid.x;
+    for (var k = 0u; k < M.nl; k++) {
+        let l = LAYERS[k];
+        if (e >= l.w_off && e < l.w_off + l.fan_in * l.fan_out) {
+            let at = e - l.w_off;
+            ws[IO.wt + l.w_off + (at % l.fan_out) * l.fan_in + at / l.fan_out] = theta[e];
+        }
+    }
+}
+
 // The update kernel (both shapes): one invocation per theta element.
 @compute @workgroup_size(256)
 fn update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

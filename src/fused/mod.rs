@@ -199,6 +199,8 @@ pub struct Options {
     pub scale: f32,
     /// Steps whose losses the ring keeps (the trainer reads it every few steps).
     pub ring: usize,
+    /// An explicit tile shape instead of the choice (to test or measure one).
+    pub tile: Option<TileShape>,
 }
 
 impl Default for Options {
@@ -208,6 +210,7 @@ impl Default for Options {
             sub_batch: None,
             scale: 1.0,
             ring: 1024,
+            tile: None,
         }
     }
 }

@@ -209,9 +209,12 @@ impl Plan {
                         let _ = writeln!(w, "    tile_load_weights(lid);");
                     }
                     let _ = writeln!(w, "    tile_sync();\n    let slab0 = w * TILE.rows;");
+                    // Tiles past the launch's rows are skipped (each workgroup still takes its
+                    // first, to write its slot): they would overwrite the per-sample values an
+                    // evaluation of fewer rows than the batch keeps in the slabs.
                     let _ = writeln!(
                         w,
-                        "    for (var tile = w; tile < NTILES; tile += TILE.groups) {{\n    let local0 = tile * TILE.rows;\n    let first = tile == w;"
+                        "    for (var tile = w; tile < NTILES && (tile == w || tile * TILE.rows < st.rows); tile += TILE.groups) {{\n    let local0 = tile * TILE.rows;\n    let first = tile == w;"
                     );
                     let _ = writeln!(w, "    tile_input(lid, slab0, local0);\n    tile_sync();");
                 }
@@ -350,16 +353,26 @@ fn k_{name}(@builtin(global_invocation_id) gid: vec3<u32>) {{
                 [gx as u32, groups.div_ceil(gx) as u32, 1]
             },
         };
-        if let Shape::Tile(_) = self.shape {
-            return vec![
-                KernelSpec {
-                    label: "tile".into(),
-                    entry: "tile".into(),
-                    phase: Phase::Body,
-                    groups: [self.groups as u32, 1, 1],
-                },
-                update,
-            ];
+        if let Shape::Tile(t) = self.shape {
+            let transpose = KernelSpec {
+                label: "transpose".into(),
+                entry: "transpose".into(),
+                phase: Phase::Head,
+                groups: update.groups,
+            };
+            let first = (t.transposed_weights && !t.workgroup_weights).then_some(transpose);
+            return first
+                .into_iter()
+                .chain([
+                    KernelSpec {
+                        label: "tile".into(),
+                        entry: "tile".into(),
+                        phase: Phase::Body,
+                        groups: [self.groups as u32, 1, 1],
+                    },
+                    update,
+                ])
+                .collect();
         }
         let rows = [self.ws_rows.div_ceil(ROWS_WG) as u32, 1, 1];
         let row = |label: &str, groups: [u32; 3], phase: Phase| KernelSpec {

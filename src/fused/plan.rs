@@ -39,6 +39,9 @@ pub struct TileShape {
     pub block: (usize, usize),
     /// Keep a copy of the weights in workgroup memory (where they fit).
     pub workgroup_weights: bool,
+    /// Where they do not: the backward sweeps read a transposed copy Wᵀ, made by a first
+    /// dispatch of the step, so that neighbouring invocations read neighbouring words.
+    pub transposed_weights: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,13 +55,16 @@ impl std::fmt::Display for Shape {
         match self {
             Shape::Tile(t) => write!(
                 f,
-                "{} (two dispatches a step: up to {} workgroups of {} invocations, tiles of {} rows{})",
+                "{} ({} dispatches a step: up to {} workgroups of {} invocations, tiles of {} rows{})",
                 self.name(),
+                if t.transposed_weights && !t.workgroup_weights { 3 } else { 2 },
                 t.groups,
                 t.size,
                 t.rows,
                 if t.workgroup_weights {
                     ", weights in workgroup memory"
+                } else if t.transposed_weights {
+                    ", a transposed copy of the weights for the backward sweeps"
                 } else {
                     ""
                 }
@@ -354,6 +360,10 @@ impl Plan {
             Shape::Layers(_) => ws.take(1),
         } as u32;
         io.raw_stride = widest as u32;
+        io.wt = match shape {
+            Shape::Tile(t) if t.transposed_weights => ws.take(theta.1),
+            _ => ws.take(1),
+        } as u32;
         io.loss = ws.take_aligned(rows, align) as u32;
         io.out = ws.take_aligned(4, align) as u32;
         let hidden: Vec<Hidden> = net
@@ -571,8 +581,12 @@ impl Plan {
         } else {
             self.widths[l - 1]
         };
+        let transposed =
+            matches!(self.shape, Shape::Tile(t) if t.transposed_weights && !t.workgroup_weights);
         let mut s = Sweep {
             forward: 0,
+            wt: transposed as u32,
+            wt_stride: self.widths[l - 1] as u32,
             mode: m,
             layer: l as u32,
             n: n as u32,

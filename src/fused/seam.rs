@@ -238,6 +238,8 @@ wgsl_struct! {
         /// (the widest layer: workgroups at different sweeps must not share words).
         raw: u32 = "u32",
         raw_stride: u32 = "u32",
+        /// The tile shape's transposed weights (theta's layout, each W_l as fan_out × fan_in).
+        wt: u32 = "u32",
         /// Per spectrally normalised layer and row: ⟨∂W̃ terms, W⟩/σ (NSN blocks of rows).
         dots: u32 = "u32",
         /// [loss, mean E₀, mean E₁, unused] of the last step.
@@ -345,6 +347,9 @@ wgsl_struct! {
         /// Weights from the workgroup copy (1: tile shape where they fit) or theta.
         wg_weights: u32 = "u32",
         wg_w_off: u32 = "u32",
+        /// Backward sweeps: from the transposed copy (1) instead, rows of wt_stride (fan_in).
+        wt: u32 = "u32",
+        wt_stride: u32 = "u32",
     }
 }
 

@@ -135,6 +135,7 @@ fn choose_default(choice: ShapeChoice, ctx: &Context) -> Shape {
                 size: 64,
                 block: (8, 8),
                 workgroup_weights: false,
+                transposed_weights: false,
             })
         }
         ShapeChoice::TileGpu => {
@@ -148,13 +149,15 @@ fn choose_default(choice: ShapeChoice, ctx: &Context) -> Shape {
             let block = if outputs >= 4 * size { (2, 2) } else { (1, 1) };
             // The weights in workgroup memory where they fit beside the reductions.
             let need = 4 * (ctx.theta_len + size + 2 * widest + 64);
+            let workgroup_weights = need <= ctx.workgroup_bytes;
             Shape::Tile(TileShape {
                 cpu: false,
                 rows,
                 groups,
                 size,
                 block,
-                workgroup_weights: need <= ctx.workgroup_bytes,
+                workgroup_weights,
+                transposed_weights: !workgroup_weights,
             })
         }
     }

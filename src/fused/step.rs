@@ -250,7 +250,10 @@ impl<'g> FusedMvl<'g> {
         let max_binding = gpu.max_tensor_bytes();
         let (offsets, total) = theta_layout(gpu, &arch);
         let ctx = shape_context(gpu, &arch, batch);
-        let mut shape = shape::choose(opts.shape, &ctx);
+        let mut shape = match opts.tile {
+            Some(t) => Shape::Tile(t),
+            None => shape::choose(opts.shape, &ctx),
+        };
         let fits = |p: &Plan| 4 * p.ws_len as u64 <= max_binding;
         let plan = match shape {
             Shape::Layers(_) => {
