@@ -1125,6 +1125,36 @@ fn buffer_pool_reuses_memory() {
     }
 }
 
+/// A workspace (`scratch`) is sized to its tensor, not to a power-of-two class, usable like
+/// any tensor, and given back to the device (not kept in the pool) when dropped.
+#[test]
+fn scratch_workspaces_are_exactly_sized_and_freed() {
+    use wmvl::gpu::pool::size_class;
+    let g = Gpu::new().expect("gpu");
+    let before = g.allocated_bytes();
+    let (rows, cols) = (3, 100_000); // 1.2 MB: its size class would be 2 MiB
+    let ws = g.scratch(rows, cols).unwrap();
+    let held = g.allocated_bytes() - before;
+    assert!(
+        held >= 4 * (rows * cols) as u64 && held < 4 * (rows * cols) as u64 + 256,
+        "{held} bytes held for a workspace of {} bytes",
+        4 * rows * cols
+    );
+    let mut r = rng(15);
+    let data = random_vec(&mut r, rows * cols, -1.0, 1.0);
+    let x = g.upload(rows, cols, &data).unwrap();
+    g.copy_into(&x, &ws).unwrap();
+    let v = g.read(&ws).unwrap();
+    assert_eq!((v[0], v[rows * cols - 1]), (data[0], data[rows * cols - 1]));
+    drop((x, ws, v));
+    let pooled = size_class(4 * (rows * cols) as u64, g.max_tensor_bytes()).unwrap();
+    assert_eq!(
+        g.allocated_bytes() - before,
+        pooled,
+        "after the drop only the uploaded tensor's pooled buffer stays"
+    );
+}
+
 /// Several threads sharing one `Gpu` (it is Sync): each must get its own results.
 #[test]
 fn concurrent_use_from_threads() {

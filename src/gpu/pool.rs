@@ -15,10 +15,13 @@ use crate::error::{Error, Result};
 
 use super::Gpu;
 
-/// A GPU buffer that goes back to its pool when the last tensor using it is dropped.
+/// A GPU buffer that goes back to its pool when the last tensor using it is dropped (or, for
+/// an exactly sized one, to the device).
 pub(crate) struct PooledBuffer {
     buffer: Option<wgpu::Buffer>,
     size: u64,
+    /// In a size class (reused through the pool) or exactly sized (freed on drop).
+    pooled: bool,
     /// Unique for the life of the process: the key of cached bind groups.
     pub(crate) id: u64,
     pool: Arc<Mutex<Pool>>,
@@ -31,6 +34,7 @@ impl PooledBuffer {
         PooledBuffer {
             buffer: Some(buffer),
             size,
+            pooled: true,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             pool,
         }
@@ -44,7 +48,11 @@ impl PooledBuffer {
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
         if let (Some(b), Ok(mut pool)) = (self.buffer.take(), self.pool.lock()) {
-            pool.free.entry(self.size).or_default().insert(self.id, b);
+            if self.pooled {
+                pool.free.entry(self.size).or_default().insert(self.id, b);
+            } else {
+                pool.allocated_bytes -= self.size;
+            }
         }
     }
 }
@@ -190,10 +198,18 @@ impl Gpu {
             return Ok(Arc::new(PooledBuffer {
                 buffer: Some(b),
                 size,
+                pooled: true,
                 id,
                 pool: self.pool.clone(),
             }));
         }
+        let buffer = self.create_buffer(&mut pool, size)?;
+        Ok(Arc::new(PooledBuffer::new(buffer, size, self.pool.clone())))
+    }
+
+    /// A new buffer of `size` bytes, counted in the pool's total; when the device is out of
+    /// memory, the pool's free buffers are given back and it is tried once more.
+    fn create_buffer(&self, pool: &mut Pool, size: u64) -> Result<wgpu::Buffer> {
         let create = || {
             let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
             let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -227,7 +243,7 @@ impl Gpu {
             }
         };
         pool.allocated_bytes += size;
-        Ok(Arc::new(PooledBuffer::new(buffer, size, self.pool.clone())))
+        Ok(buffer)
     }
 
     pub(crate) fn empty(&self, rows: usize, cols: usize) -> Result<Tensor> {
@@ -239,9 +255,31 @@ impl Gpu {
         })
     }
 
-    /// An uninitialised (rows, cols) tensor, e.g. a workspace a kernel writes before reading.
+    /// An uninitialised (rows, cols) tensor in a buffer of its own sized to it (to 256 bytes),
+    /// not a power-of-two size class, and freed when dropped: for a long-lived workspace that
+    /// a kernel writes before reading (the pool's rounding would hold up to twice its size).
     pub fn scratch(&self, rows: usize, cols: usize) -> Result<Tensor> {
-        self.empty(rows, cols)
+        let bytes = 4 * (rows * cols) as u64;
+        let limit = self.max_tensor_bytes();
+        if bytes > limit {
+            return Err(Error::OutOfMemory(format!(
+                "a tensor of {bytes} bytes exceeds this adapter's largest storage buffer ({limit} bytes)"
+            )));
+        }
+        let size = bytes.max(16).next_multiple_of(256).min(limit);
+        let mut pool = self
+            .pool
+            .lock()
+            .map_err(|_| Error::Gpu("pool poisoned".into()))?;
+        let buffer = self.create_buffer(&mut pool, size)?;
+        let mut buf = PooledBuffer::new(buffer, size, self.pool.clone());
+        buf.pooled = false;
+        Ok(Tensor {
+            buf: Arc::new(buf),
+            offset: 0,
+            rows,
+            cols,
+        })
     }
 
     /// Bytes of GPU memory held by tensors and the pool.
