@@ -255,15 +255,23 @@ impl<'g> FusedMvl<'g> {
             None => shape::choose(opts.shape, &ctx),
         };
         let fits = |p: &Plan| 4 * p.ws_len as u64 <= max_binding;
+        // The layers shape's rows per launch: the given sub-batch, or for training the largest
+        // batch whose workspace fits one binding (evaluation takes chunks of the batch).
+        let layers_rows = || match (opts.sub_batch, opt) {
+            (Some(s), _) => s,
+            (None, Some(_)) => Self::largest_batch(gpu, &arch, batch).unwrap_or(batch),
+            (None, None) => batch,
+        };
         let plan = match shape {
-            Shape::Layers(_) => {
-                let sub = match (opts.sub_batch, opt) {
-                    (Some(s), _) => s,
-                    (None, Some(_)) => Self::largest_batch(gpu, &arch, batch).unwrap_or(batch),
-                    (None, None) => batch,
-                };
-                plan_for(gpu, &arch, cfg, opts, sub, shape, (&offsets, total))?
-            }
+            Shape::Layers(_) => plan_for(
+                gpu,
+                &arch,
+                cfg,
+                opts,
+                layers_rows(),
+                shape,
+                (&offsets, total),
+            )?,
             Shape::Tile(mut t) => loop {
                 // Fewer rows in flight until the workspace fits one binding.
                 shape = Shape::Tile(t);
@@ -296,12 +304,15 @@ impl<'g> FusedMvl<'g> {
                 let n = p.tile_loop_iterations(&spec_for(cfg, opt, gpu));
                 if n > LOOP_BUDGET && opts.shape == ShapeChoice::Auto {
                     let layers = Shape::Layers(LayersShape { size: 64 });
-                    let sub = match (opts.sub_batch, opt) {
-                        (Some(s), _) => s,
-                        (None, Some(_)) => Self::largest_batch(gpu, &arch, batch).unwrap_or(batch),
-                        (None, None) => batch,
-                    };
-                    plan_for(gpu, &arch, cfg, opts, sub, layers, (&offsets, total))?
+                    plan_for(
+                        gpu,
+                        &arch,
+                        cfg,
+                        opts,
+                        layers_rows(),
+                        layers,
+                        (&offsets, total),
+                    )?
                 } else if n > LOOP_BUDGET {
                     return Err(Error::Invalid(format!(
                         "the tile shape's kernel would run {n} loop iterations per invocation, more than this CPU driver runs ({LOOP_BUDGET}); use --shape layers (or a smaller batch)"
