@@ -13,8 +13,8 @@ rm -rf .gpu .gl
 mkdir -p .gl .gpu/bin
 cp "$shared"/gpu/gl/*.deb .gl/
 cp "$shared"/bench/*.py scripts/bench.py .gpu/
-cargo build --release --bin wmvl --example mvl_step --example table1_vae --example table2_wae
-cp target/release/wmvl target/release/examples/mvl_step target/release/examples/table1_vae \
+cargo build --release --bin wmvl --example mvl_step --example vae_step --example table1_vae --example table2_wae
+cp target/release/wmvl target/release/examples/mvl_step target/release/examples/vae_step target/release/examples/table1_vae \
     target/release/examples/table2_wae .gpu/bin/
 # The suites that need no files beyond the repository (which travels with the call).
 for t in fused kernels gradients ais vae wae lenet fid_mnist; do
