@@ -208,6 +208,23 @@ fn fused_opts(g: &Gpu, p: &Problem, c: &Config, chunk: usize, opts: &Options) ->
     out
 }
 
+/// Loss and gradient of the whole problem in one launch with explicit options (a tile shape
+/// with more tiles than workgroups keeps no per-sample values of its earlier tiles, so none
+/// are read).
+fn fused_one_launch(p: &Problem, c: &Config, opts: &Options) -> (f64, Vec<f64>) {
+    let g = gpu();
+    let mut model =
+        Model::<&Gpu>::from_host(p.arch.clone(), &p.hp, |r, cols, v| g.upload(r, cols, v)).unwrap();
+    let x = g.upload(p.n, p.cols, &p.x).unwrap();
+    let z = g.upload(p.n, p.cols, &p.z).unwrap();
+    let f = FusedMvl::build(g, &mut model, c, p.n, None, opts).unwrap();
+    let data = f.bind(&x, Some(&z)).unwrap();
+    f.record_eval(&data, &mut model, 0, p.n, (0, 0)).unwrap();
+    let loss = read(g, &f.loss().unwrap())[0];
+    let grad = f.grads().unwrap().iter().flat_map(|t| read(g, t)).collect();
+    (loss, grad)
+}
+
 /// The fused evaluation in every shape.
 fn fused(p: &Problem, c: &Config) -> Vec<(ShapeChoice, Out)> {
     fused_in(p, c, &SHAPES)
@@ -424,16 +441,7 @@ fn chunked_evaluation_equals_one_chunk() {
         "chunks of 32: loss {l}, per-sample {s}, gradient {g}"
     );
     // The whole batch at once: each workgroup adds up its tiles' partial sums.
-    let g = gpu();
-    let mut model =
-        Model::<&Gpu>::from_host(p.arch.clone(), &p.hp, |r, cols, v| g.upload(r, cols, v)).unwrap();
-    let x = g.upload(p.n, p.cols, &p.x).unwrap();
-    let z = g.upload(p.n, p.cols, &p.z).unwrap();
-    let f = FusedMvl::build(g, &mut model, &c, p.n, None, &opts).unwrap();
-    let data = f.bind(&x, Some(&z)).unwrap();
-    f.record_eval(&data, &mut model, 0, p.n, (0, 0)).unwrap();
-    let loss = read(g, &f.loss().unwrap())[0];
-    let grad: Vec<f64> = f.grads().unwrap().iter().flat_map(|t| read(g, t)).collect();
+    let (loss, grad) = fused_one_launch(&p, &c, &opts);
     let (l, gr) = (rel1(loss, r.loss), rel(&grad, &r.grad));
     println!("9 tiles of 16 rows on 2 workgroups, one launch: loss {l:.1e}, gradient {gr:.1e}");
     assert!(l < 2e-5 && gr < 2e-5, "one launch: loss {l}, gradient {gr}");
@@ -1191,7 +1199,6 @@ fn wide_tiles_stay_within_the_cpu_loop_limit() {
 /// not — give the f64 reference's numbers, several tiles per workgroup.
 #[test]
 fn tile_weights_in_workgroup_memory_or_transposed_match_the_reference() {
-    use wmvl::fused::TileShape;
     let (_, p, c) = cases().remove(4);
     let r = reference(&p, &c);
     for (workgroup_weights, transposed_weights) in [(true, false), (false, true)] {
@@ -1210,16 +1217,7 @@ fn tile_weights_in_workgroup_memory_or_transposed_match_the_reference() {
         };
         // All 130 rows in one launch: 9 tiles, 3 per workgroup (the per-sample values of
         // earlier tiles are overwritten by later ones; loss and gradient are sums over all).
-        let g = gpu();
-        let mut model =
-            Model::<&Gpu>::from_host(p.arch.clone(), &p.hp, |r, cc, d| g.upload(r, cc, d)).unwrap();
-        let x = g.upload(p.n, p.cols, &p.x).unwrap();
-        let z = g.upload(p.n, p.cols, &p.z).unwrap();
-        let f = FusedMvl::build(g, &mut model, &c, p.n, None, &opts).unwrap();
-        let data = f.bind(&x, Some(&z)).unwrap();
-        f.record_eval(&data, &mut model, 0, p.n, (0, 0)).unwrap();
-        let loss = read(g, &f.loss().unwrap())[0];
-        let grad: Vec<f64> = f.grads().unwrap().iter().flat_map(|t| read(g, t)).collect();
+        let (loss, grad) = fused_one_launch(&p, &c, &opts);
         let (l, gr) = (rel1(loss, r.loss), rel(&grad, &r.grad));
         println!("workgroup weights {workgroup_weights}, transposed {transposed_weights}: loss {l:.1e}, gradient {gr:.1e}");
         assert!(l < 2e-5 && gr < 2e-5, "{tile:?}: loss {l}, gradient {gr}");

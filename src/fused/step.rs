@@ -543,12 +543,6 @@ impl<'g> FusedMvl<'g> {
         Ok(self.launches.get_or_init(|| list))
     }
 
-    /// Build the kernels now (a driver compiles them when they are made), rather than at
-    /// the first step.
-    pub fn prepare(&self) -> Result<()> {
-        self.launches().map(|_| ())
-    }
-
     /// Kernel launches (dispatches) per training step, derived from the kernel list.
     pub fn launches_per_step(&self) -> usize {
         let train = self.plan.kernels(&self.spec);
@@ -852,13 +846,5 @@ impl<'g> FusedMvl<'g> {
     /// Settings this step was specialised for.
     pub fn specialised(&self) -> &Specialise {
         &self.spec
-    }
-}
-
-impl FusedMvl<'_> {
-    /// The workspace (every stream of the last launch), for debugging and tests.
-    #[doc(hidden)]
-    pub fn workspace(&self) -> &Tensor {
-        &self.ws
     }
 }
