@@ -9,26 +9,10 @@
 # timeout_s ≥ KILL + 60. BENCH_S, TEST (test digits), TEST_S (per suite) and T1_EXTRA
 # (more table1_vae options) size it; DRY=1 rehearses on this machine (lavapipe).
 set -u
-S=$SECONDS
-el() { echo $((SECONDS - S)); }
-log() { echo "[$(el) s] $*"; }
 cd "$(dirname "$0")/.."
 W=/tmp/wmvl-session
-rm -rf $W
-mkdir -p $W/res $W/t1
-if [ -z "${DRY:-}" ]; then  # DRY=1: a rehearsal on the development machine (lavapipe)
-    for f in .gl/*.deb; do dpkg -x "$f" /; done
-    ldconfig
-    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-    [ -f "$VK_DRIVER_FILES" ] || export VK_DRIVER_FILES=$(find / -name 'nvidia_icd*.json' 2>/dev/null | head -1)
-    log "VK_DRIVER_FILES=$VK_DRIVER_FILES"
-fi
-tar xJf .gpu/bin.tar.xz -C $W
-B=$W/bin
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > $W/res/nvidia-smi.txt 2>&1
-cat $W/res/nvidia-smi.txt
-timeout 30 $B/wmvl info > $W/res/info.txt 2>&1
-rc=$?; log "info rc=$rc"; head -5 $W/res/info.txt
+. scripts/gpu_setup.sh
+mkdir -p $W/t1
 
 export PYTHONUNBUFFERED=1
 timeout ${BENCH_S:-150} python3 .gpu/bench.py .gpu --wmvl $B/mvl_step --configs paper,small,large \

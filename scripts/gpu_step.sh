@@ -8,30 +8,13 @@
 # (about 5 minutes on an H100-class GPU). DRY=1 rehearses on this machine (lavapipe, slow:
 # it then runs only the paper configuration).
 set -u
-S=$SECONDS
-el() { echo $((SECONDS - S)); }
-log() { echo "[$(el) s] $*"; }
 cd "$(dirname "$0")/.."
 W=/tmp/wmvl-step
-rm -rf $W
-mkdir -p $W/res
+. scripts/gpu_setup.sh
 OUT=${OUT:-$W/out}
 mkdir -p "$OUT"
 CONFIGS=paper,small,large
-if [ -z "${DRY:-}" ]; then
-    for f in .gl/*.deb; do dpkg -x "$f" /; done
-    ldconfig
-    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-    [ -f "$VK_DRIVER_FILES" ] || export VK_DRIVER_FILES=$(find / -name 'nvidia_icd*.json' 2>/dev/null | head -1)
-    log "VK_DRIVER_FILES=$VK_DRIVER_FILES"
-else
-    CONFIGS=paper
-fi
-tar xJf .gpu/bin.tar.xz -C $W
-B=$W/bin
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > $W/res/nvidia-smi.txt 2>&1
-timeout 60 $B/wmvl info > $W/res/info.txt 2>&1
-log "info rc=$?"; cat $W/res/info.txt
+[ -n "${DRY:-}" ] && CONFIGS=paper
 
 export PYTHONUNBUFFERED=1
 # wmvl (auto shape, chunks of 10 and 100) and the peers, one after the other, with ratios.
