@@ -222,10 +222,14 @@ impl<'g> Trainer<'g> {
                 )));
             }
         }
-        if cfg.batch == 0 || cfg.log_every == 0 || cfg.steps_per_submit == 0 {
-            return Err(Error::Invalid(
-                "batch, log_every and steps_per_submit must be positive".into(),
-            ));
+        for (name, v) in [
+            ("batch", cfg.batch),
+            ("log_every", cfg.log_every),
+            ("steps_per_submit", cfg.steps_per_submit),
+        ] {
+            if v == 0 {
+                return Err(Error::Invalid(format!("{name} is 0; it must be positive")));
+            }
         }
         if cfg.log_every > 1 << 19 {
             return Err(Error::Invalid(format!(

@@ -86,6 +86,9 @@ fn a_failed_run_keeps_the_existing_checkpoint_and_saves_its_last_state_beside_it
     let run = train(&t.0, &["--hidden", "1000000", "--out", "m.safetensors"]);
     assert_fails(&run, &["narrower --hidden"], &[&out]);
     assert!(!run.stdout.contains("step "), "no training began: {run:#?}");
+    // So are zero steps per submission, by the option's name.
+    let run = train(&t.0, &["--steps-per-submit", "0", "--out", "m.safetensors"]);
+    assert_fails(&run, &["--steps-per-submit must be positive"], &[&out]);
 }
 
 // 2. Unwritable outputs are found after training.

@@ -232,9 +232,9 @@ pub fn run(argv: &[OsString]) -> Result<(), Error> {
     if !(0.0..1.0).contains(&a.heldout) {
         return Err(Error::Invalid("--heldout must be in [0, 1)".into()));
     }
-    if a.batch == 0 || a.log_every == 0 {
+    if a.batch == 0 || a.log_every == 0 || a.steps_per_submit == 0 {
         return Err(Error::Invalid(
-            "--batch and --log-every must be positive".into(),
+            "--batch, --log-every and --steps-per-submit must be positive".into(),
         ));
     }
     if !(a.lr.is_finite() && a.lr > 0.0) || a.lr_final.is_some_and(|l| !(l.is_finite() && l >= 0.0))
