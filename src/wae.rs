@@ -21,6 +21,7 @@ use std::path::Path;
 use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
+use crate::fused::given::{GivenCache, GivenRows};
 use crate::gpu::{Gpu, Tensor};
 use crate::manifold::sphere_chart_form;
 use crate::model::{Arch, Bound, EnergyKind, HostParams, Init, Model};
@@ -189,7 +190,7 @@ pub struct Wae<'g> {
     rng: Rng,
     pub steps_done: usize,
     /// WAE-MVL's fused energy step (built at the first step: None on the tape).
-    critic_fused: Option<Option<crate::fused::given::GivenRows<'g>>>,
+    critic_fused: GivenCache<'g>,
 }
 
 impl<'g> Wae<'g> {
@@ -219,7 +220,7 @@ impl<'g> Wae<'g> {
             opt,
             opt_critic,
             steps_done: 0,
-            critic_fused: None,
+            critic_fused: GivenCache::default(),
         })
     }
 
@@ -324,22 +325,11 @@ impl<'g> Wae<'g> {
                     ..Config::default()
                 };
                 // The fused step where it applies (built once, for this batch size).
-                if self
-                    .critic_fused
-                    .as_ref()
-                    .is_none_or(|f| f.as_ref().is_some_and(|f| f.rows() != rows))
-                {
-                    self.critic_fused = Some(crate::fused::given::GivenRows::new(
-                        gpu,
-                        &mut self.critic,
-                        &cfg,
-                        &self.opt_critic,
-                        self.cfg.path,
-                        (rows, self.cfg.nz, 0),
-                        scale,
-                    )?);
-                }
-                if let Some(Some(f)) = &self.critic_fused {
+                let (critic, opt, path) = (&mut self.critic, &self.opt_critic, self.cfg.path);
+                let fused = self.critic_fused.get(rows, || {
+                    GivenRows::new(gpu, critic, &cfg, opt, path, (rows, self.cfg.nz, 0), scale)
+                })?;
+                if let Some(f) = fused {
                     return f.record(
                         &mut self.critic,
                         &mut self.opt_critic,

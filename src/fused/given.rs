@@ -11,6 +11,29 @@ use crate::model::Model;
 use crate::objective::{self, Objective};
 use crate::optim::Optimizer;
 
+/// The step a trainer keeps for its energy: built at its first step and again whenever the
+/// batch size changes; holds `None` where the energy stays on the tape.
+#[derive(Default)]
+pub struct GivenCache<'g>(Option<Option<GivenRows<'g>>>);
+
+impl<'g> GivenCache<'g> {
+    /// The step for batches of `rows` rows, built by `build` if there is none for them yet.
+    pub fn get(
+        &mut self,
+        rows: usize,
+        build: impl FnOnce() -> Result<Option<GivenRows<'g>>>,
+    ) -> Result<Option<&GivenRows<'g>>> {
+        let stale = self
+            .0
+            .as_ref()
+            .is_none_or(|f| f.as_ref().is_some_and(|f| f.rows() != rows));
+        if stale {
+            self.0 = Some(build()?);
+        }
+        Ok(self.0.as_ref().and_then(|f| f.as_ref()))
+    }
+}
+
 pub struct GivenRows<'g> {
     gpu: &'g Gpu,
     pub step: FusedMvl<'g>,

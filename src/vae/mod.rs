@@ -28,7 +28,7 @@ pub(crate) mod io;
 
 pub use config::{Latent, Posterior, VaeConfig};
 
-use crate::fused::given::GivenRows;
+use crate::fused::given::{GivenCache, GivenRows};
 
 /// Tags the VAE's host random stream apart from other users of the seed.
 const HOST_STREAM: u64 = 0x7ae_5eed;
@@ -87,7 +87,7 @@ pub struct Vae<'g> {
     host_rng: HostRng,
     pub steps_done: usize,
     /// The conditional energy's fused MVL step (built at the first step: None on the tape).
-    energy_fused: Option<Option<GivenRows<'g>>>,
+    energy_fused: GivenCache<'g>,
 }
 
 /// Rows scaled to unit norm (the sphere's encoders).
@@ -156,7 +156,7 @@ impl<'g> Vae<'g> {
             opt,
             opt_energy,
             steps_done: 0,
-            energy_fused: None,
+            energy_fused: GivenCache::default(),
         })
     }
 
@@ -289,24 +289,12 @@ impl<'g> Vae<'g> {
             return Err(no_energy());
         };
         // The fused step where it applies (built once, for this batch size).
-        if self
-            .energy_fused
-            .as_ref()
-            .is_none_or(|f| f.as_ref().is_some_and(|f| f.rows() != rows))
-        {
-            let shape = (rows, self.cfg.nz, self.cfg.pixels);
-            let scale = self.cfg.latent_scale();
-            self.energy_fused = Some(GivenRows::new(
-                gpu,
-                model,
-                &cfg,
-                opt,
-                self.cfg.path,
-                shape,
-                scale,
-            )?);
-        }
-        if let Some(Some(f)) = &self.energy_fused {
+        let shape = (rows, self.cfg.nz, self.cfg.pixels);
+        let (scale, path) = (self.cfg.latent_scale(), self.cfg.path);
+        let fused = self.energy_fused.get(rows, || {
+            GivenRows::new(gpu, model, &cfg, opt, path, shape, scale)
+        })?;
+        if let Some(f) = fused {
             return f.record(model, opt, &form.value(), Some(x), (seed, stream));
         }
         let bound = bind_energy(&mut self.energy, &tape)?;
