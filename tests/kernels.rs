@@ -185,6 +185,11 @@ fn matmul_awkward_shapes_all_transposes() {
         (65, 17, 63),
         (129, 33, 66),
         (300, 130, 70),
+        // The vec4 subgroup products (K, n and, transposed, m multiples of 4): a single vec4,
+        // blocks cut by the edge in both directions, m not a multiple of 4.
+        (4, 4, 4),
+        (36, 8, 36),
+        (33, 12, 40),
     ];
     for &(m, k, n) in &shapes {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -1242,6 +1247,34 @@ fn other_gpu() -> &'static Gpu {
     })
 }
 
+/// Where the default device uses the subgroup products (lavapipe), the 4 × 8 direct product
+/// that CPU drivers without fixed 8-lane subgroups use still matches f64; and the shapes the
+/// vec4 products take do run them (the profile names each dispatch's kernel).
+#[test]
+fn direct_and_subgroup_products_match_cpu() {
+    if gpu().subgroup_core().is_none() || !gpu().barrier_free() {
+        return; // only one CPU family on this adapter: the other tests cover it
+    }
+    let direct = Gpu::new().unwrap().without_subgroup_core();
+    let mut r = rng(79);
+    for &(m, k, n) in &[(1, 37, 1), (36, 8, 36), (65, 17, 63)] {
+        check_matmul_all_transposes(&direct, &mut r, m, k, n, "direct");
+    }
+    let g = gpu();
+    g.sync().unwrap();
+    let [(a, _), (b, _)] = matmul_operands(&mut r, 36, 8, 36, true, false);
+    let [(c, _), (d, _)] = matmul_operands(&mut r, 36, 7, 36, false, false);
+    let _keep = (
+        g.matmul(&a, &b, true, false).unwrap(),
+        g.matmul(&c, &d, false, false).unwrap(),
+    );
+    if let Some(profile) = g.flush_profiled().unwrap() {
+        let names: Vec<&str> = profile.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.contains(&"matmul_v4_tn"), "{names:?}");
+        assert!(names.contains(&"matmul_sub"), "{names:?}");
+    }
+}
+
 #[test]
 fn other_kernel_family_matches_cpu() {
     let g2 = other_gpu();
@@ -1353,7 +1386,9 @@ fn long_sums_and_products_are_blocked() {
 fn chunked_matmul_matches_cpu() {
     let mut r = rng(78);
     for g in [gpu(), other_gpu()] {
-        for &(m, k, n) in &[(3, 1300, 7), (66, 1025, 65)] {
+        // (100, 1028, 12): three chunks of 344 (rounded up to a multiple of 4 for the vec4
+        // products) and a shorter last one.
+        for &(m, k, n) in &[(3, 1300, 7), (66, 1025, 65), (100, 1028, 12)] {
             check_matmul_all_transposes(g, &mut r, m, k, n, "chunked");
         }
     }

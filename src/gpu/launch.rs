@@ -8,10 +8,11 @@
 //! groups, made once, and go through the same queue.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, Result};
 
+use super::matmul_cpu::Layout;
 use super::pool::PooledBuffer;
 use super::Gpu;
 
@@ -57,6 +58,13 @@ pub(crate) enum Kernel {
     Map,
     MatMul,
     MatMulDirect,
+    /// The subgroup products of [`super::matmul_cpu`] (any shape; vec4 loads per transpose
+    /// pair).
+    MatMulLanes,
+    MatMulLanesNN,
+    MatMulLanesNT,
+    MatMulLanesTN,
+    MatMulLanesTT,
     ReduceThread,
     ReduceGroup,
     ConcatCols,
@@ -70,7 +78,7 @@ pub(crate) enum Kernel {
     Update,
 }
 
-pub(crate) const KERNELS: usize = 19;
+pub(crate) const KERNELS: usize = 24;
 
 impl Kernel {
     fn source(self) -> (&'static str, &'static str) {
@@ -93,6 +101,20 @@ impl Kernel {
             Map => (elementwise, "map"),
             MatMul => (include_str!("../../shaders/matmul.wgsl"), "matmul"),
             MatMulDirect => (include_str!("../../shaders/matmul.wgsl"), "matmul_direct"),
+            MatMulLanes => lanes(Layout::Scalar),
+            MatMulLanesNN => lanes(Layout::Vec4 {
+                ta: false,
+                tb: false,
+            }),
+            MatMulLanesNT => lanes(Layout::Vec4 {
+                ta: false,
+                tb: true,
+            }),
+            MatMulLanesTN => lanes(Layout::Vec4 {
+                ta: true,
+                tb: false,
+            }),
+            MatMulLanesTT => lanes(Layout::Vec4 { ta: true, tb: true }),
             ReduceThread => (reduce, "reduce_thread"),
             ReduceGroup => (reduce, "reduce_group"),
             ConcatCols => (layout, "concat_cols"),
@@ -129,6 +151,37 @@ impl Kernel {
     fn name(self) -> &'static str {
         self.source().1
     }
+
+    /// The subgroup product for a layout.
+    pub(crate) fn lanes(layout: Layout) -> Kernel {
+        match layout {
+            Layout::Scalar => Kernel::MatMulLanes,
+            Layout::Vec4 {
+                ta: false,
+                tb: false,
+            } => Kernel::MatMulLanesNN,
+            Layout::Vec4 {
+                ta: false,
+                tb: true,
+            } => Kernel::MatMulLanesNT,
+            Layout::Vec4 {
+                ta: true,
+                tb: false,
+            } => Kernel::MatMulLanesTN,
+            Layout::Vec4 { ta: true, tb: true } => Kernel::MatMulLanesTT,
+        }
+    }
+}
+
+/// The generated source of a subgroup product, made once per process.
+fn lanes(layout: Layout) -> (&'static str, &'static str) {
+    static SOURCES: [OnceLock<String>; 5] = [const { OnceLock::new() }; 5];
+    let slot = match layout {
+        Layout::Scalar => 0,
+        Layout::Vec4 { ta, tb } => 1 + 2 * ta as usize + tb as usize,
+    };
+    let src = SOURCES[slot].get_or_init(|| super::matmul_cpu::source(layout));
+    (src.as_str(), layout.entry())
 }
 
 /// A pipeline and bind group layout made outside the built-in set (fused kernels).

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, Result, NO_ADAPTER_HINT};
 
 pub mod launch;
+mod matmul_cpu;
 mod ops;
 pub mod pool;
 
@@ -332,10 +333,11 @@ impl Gpu {
         self.barrier_free
     }
 
-    /// The subgroup size for the fused kernels' subgroup matmul core: Some where the adapter
-    /// has subgroup operations with one fixed size that the core is tested at (8, lavapipe's
-    /// SIMD width). `WMVL_KERNELS=gpu` or `cpu`, or [`Gpu::without_subgroup_core`], turn it
-    /// off (the fused kernels then use their direct core).
+    /// The subgroup size for the subgroup matmul cores (the fused kernels' and the tape's
+    /// products, `matmul_cpu.rs`): Some where the adapter has subgroup operations with one
+    /// fixed size that the cores are tested at (8, lavapipe's SIMD width). `WMVL_KERNELS=gpu`
+    /// or `cpu`, or [`Gpu::without_subgroup_core`], turn it off (the fused kernels then use
+    /// their direct core, the tape the 4 × 8 direct product).
     pub fn subgroup_core(&self) -> Option<usize> {
         let r = &self.report;
         let fixed = r.features.contains(wgpu::Features::SUBGROUP)
@@ -344,7 +346,7 @@ impl Gpu {
         (fixed && self.subgroup_core).then_some(8)
     }
 
-    /// This device with the fused kernels' subgroup core off (e.g. to test the direct core).
+    /// This device with the subgroup cores off (e.g. to test the direct ones).
     pub fn without_subgroup_core(mut self) -> Gpu {
         self.subgroup_core = false;
         self

@@ -7,6 +7,7 @@ use crate::ops::{Axis, BinOp, Fun};
 use crate::rng::{words, Dist};
 
 use super::launch::{Binding, Kernel, Params};
+use super::matmul_cpu::{self, Layout};
 use super::{Gpu, Index, Tensor};
 
 /// Longest inner size a matmul kernel sums in one go (longer ones are split, see
@@ -187,10 +188,11 @@ impl Gpu {
         if k == 0 {
             return self.full(m, n, 0.0);
         }
+        // Equal chunks, a multiple of 4 long (the vec4 products read k four at a time).
         let chunk = if k <= MATMUL_K_CHUNK {
             k
         } else {
-            k.div_ceil(k.div_ceil(MATMUL_K_CHUNK))
+            k.div_ceil(k.div_ceil(MATMUL_K_CHUNK)).next_multiple_of(4)
         };
         let chunks = k.div_ceil(chunk);
         let out = self.empty(chunks * m, n)?;
@@ -203,7 +205,11 @@ impl Gpu {
             u: [k as u32, ta as u32, tb as u32, chunk as u32],
             ..Default::default()
         };
-        let (kernel, groups) = if self.barrier_free {
+        let (kernel, groups) = if self.barrier_free && self.subgroup_core().is_some() {
+            let layout = Layout::choose(m, k, n, ta, tb);
+            let groups = matmul_cpu::groups(m, n) as u32;
+            (Kernel::lanes(layout), [groups, 1, chunks as u32])
+        } else if self.barrier_free {
             (
                 Kernel::MatMulDirect,
                 [n.div_ceil(64) as u32, m.div_ceil(32) as u32, chunks as u32],
