@@ -108,11 +108,11 @@ fn assert_exact(what: &str, g: &Tensor, c: &Mat) {
 
 #[test]
 fn full_matches_cpu() {
-    for (i, &(r, c)) in [(1, 1), (1, 300), (300, 1), (17, 29), (300, 130)]
+    for (i, &(r, c)) in [(1, 1), (1, 300), (300, 1), (17, 29), (300, 130), (12, 8)]
         .iter()
         .enumerate()
     {
-        let value = [3.25f32, -0.7, 1e-3, 12345.5, -2.0][i];
+        let value = [3.25f32, -0.7, 1e-3, 12345.5, -2.0, 0.125][i];
         let g = gpu().full(r, c, value).unwrap();
         let m = Cpu.full(r, c, value).unwrap();
         assert_exact(&format!("full {r}x{c} = {value}"), &g, &m);
@@ -127,6 +127,7 @@ fn affine_matches_cpu() {
         (1, 257, -1.7, 0.3),
         (257, 1, 0.5, 1.0),
         (300, 130, -3.0, 0.25),
+        (12, 8, 1.5, -0.5),
     ];
     for &(rows, cols, a, b) in &cases {
         let (g, c) = random_pair(&mut r, rows, cols, -3.0, 3.0);
@@ -266,7 +267,17 @@ fn check_binary(r: &mut Pcg64, op: BinOp, sa: (usize, usize), sb: (usize, usize)
 #[test]
 fn binary_every_broadcast_pattern() {
     let mut r = rng(3);
-    for &(rows, cols) in &[(1, 1), (1, 7), (7, 1), (5, 3), (17, 257), (300, 130)] {
+    // (4, 4) and (12, 8): the vec4 kernels (whole vec4s in every operand and row).
+    for &(rows, cols) in &[
+        (1, 1),
+        (1, 7),
+        (7, 1),
+        (5, 3),
+        (17, 257),
+        (300, 130),
+        (4, 4),
+        (12, 8),
+    ] {
         let full = (rows, cols);
         for op in OPS {
             // Broadcast operand on the right, then on the left.
@@ -307,7 +318,7 @@ fn map_inputs(r: &mut Pcg64, f: Fun, n: usize) -> Vec<f32> {
 fn map_every_fun_and_order() {
     let mut r = rng(4);
     for f in Fun::ALL {
-        for &(rows, cols) in &[(1, 1), (1, 257), (257, 1), (37, 29)] {
+        for &(rows, cols) in &[(1, 1), (1, 257), (257, 1), (37, 29), (12, 8)] {
             let (g, c) = pair(rows, cols, &map_inputs(&mut r, f, rows * cols));
             for order in 0..=MAX_ORDER {
                 let gy = gpu().map(f, order, &g).unwrap();
@@ -451,6 +462,11 @@ fn sum_short_and_long_reductions() {
         (1, 1000),
         (300, 130),
         (513, 257),
+        // The vec4 sums: whole rows of vec4s; chunked ones whose chunk is rounded up to a
+        // multiple of 4 (1030 rows: 5 chunks of 208; 1032 columns: 4 chunks of 260).
+        (12, 8),
+        (1030, 4),
+        (4, 1032),
     ];
     for &(rows, cols) in &shapes {
         let (g, c) = random_pair(&mut r, rows, cols, -1.0, 1.0);
@@ -470,7 +486,16 @@ fn sum_short_and_long_reductions() {
 #[test]
 fn rowdot_matches_cpu() {
     let mut r = rng(7);
-    for &(rows, cols) in &[(1, 1), (5, 64), (7, 65), (300, 130), (1, 1000), (1000, 1)] {
+    for &(rows, cols) in &[
+        (1, 1),
+        (5, 64),
+        (7, 65),
+        (300, 130),
+        (1, 1000),
+        (1000, 1),
+        (12, 8),
+        (3, 1032),
+    ] {
         let (ga, ca) = random_pair(&mut r, rows, cols, -1.0, 1.0);
         let (gb, cb) = random_pair(&mut r, rows, cols, -1.0, 1.0);
         let g = gpu().rowdot(&ga, &gb).unwrap();
@@ -529,7 +554,15 @@ fn reduction_on_two_dimensional_grid() {
 #[test]
 fn expand_matches_cpu() {
     let mut r = rng(9);
-    for &(rows, cols) in &[(1, 1), (7, 300), (300, 7), (1, 257), (257, 1), (17, 29)] {
+    for &(rows, cols) in &[
+        (1, 1),
+        (7, 300),
+        (300, 7),
+        (1, 257),
+        (257, 1),
+        (17, 29),
+        (12, 8),
+    ] {
         for src in [(1, cols), (rows, 1), (1, 1)] {
             let (g, c) = random_pair(&mut r, src.0, src.1, -2.0, 2.0);
             let gy = gpu().expand(&g, rows, cols).unwrap();
@@ -1273,6 +1306,46 @@ fn direct_and_subgroup_products_match_cpu() {
         assert!(names.contains(&"matmul_v4_tn"), "{names:?}");
         assert!(names.contains(&"matmul_sub"), "{names:?}");
     }
+}
+
+/// Tensors of whole vec4s take the vec4 kernels (the tests above check their values on
+/// such shapes); the profile names each dispatch's kernel.
+#[test]
+fn vec4_kernels_run_where_shapes_allow() {
+    let g = gpu();
+    if !g.has_timestamps() {
+        return; // no profile to read the kernels from
+    }
+    g.sync().unwrap();
+    let mut r = rng(80);
+    let (x, _) = random_pair(&mut r, 12, 8, -1.0, 1.0);
+    let (row, _) = random_pair(&mut r, 1, 8, -1.0, 1.0);
+    let (col, _) = random_pair(&mut r, 12, 1, -1.0, 1.0);
+    let _keep = [
+        g.binary(BinOp::Sub, &x, &x).unwrap(),
+        g.binary(BinOp::Mul, &row, &x).unwrap(),
+        g.binary(BinOp::Div, &x, &col).unwrap(),
+        g.map(Fun::Tanh, 1, &x).unwrap(),
+        g.affine(&x, 2.0, 1.0).unwrap(),
+        g.expand(&row, 12, 8).unwrap(),
+        g.expand(&col, 12, 8).unwrap(),
+        g.sum(&x, Axis::Rows).unwrap(),
+        g.sum(&x, Axis::Cols).unwrap(),
+    ];
+    let profile = g.flush_profiled().unwrap().unwrap();
+    let names: Vec<&str> = profile.iter().map(|(n, _)| n.as_str()).collect();
+    let want = [
+        "binary_same4",
+        "binary_row4",
+        "binary_col4",
+        "map4",
+        "affine4",
+        "expand_row4",
+        "expand_col4",
+        "reduce_rows4",
+        "reduce_cols4",
+    ];
+    assert_eq!(names, want);
 }
 
 #[test]

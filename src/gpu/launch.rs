@@ -56,6 +56,14 @@ pub(crate) enum Kernel {
     BinaryScalar,
     Affine,
     Map,
+    /// The vec4 forms of the above (`shaders/elementwise4.wgsl`).
+    BinarySame4,
+    BinaryRow4,
+    BinaryCol4,
+    Affine4,
+    Map4,
+    ExpandRow4,
+    ExpandCol4,
     MatMul,
     MatMulDirect,
     /// The subgroup products of [`super::matmul_cpu`] (any shape; vec4 loads per transpose
@@ -67,6 +75,9 @@ pub(crate) enum Kernel {
     MatMulLanesTT,
     ReduceThread,
     ReduceGroup,
+    /// The vec4 forms of ReduceThread (`shaders/reduce4.wgsl`).
+    ReduceRows4,
+    ReduceCols4,
     ConcatCols,
     WindowCols,
     GatherRows,
@@ -74,11 +85,12 @@ pub(crate) enum Kernel {
     Unfold,
     Fold,
     Random,
-    /// Optimiser step; the only kernel with the `update` binding layout.
+    /// Optimiser step; with Update4 the only kernels with the `update` binding layout.
     Update,
+    Update4,
 }
 
-pub(crate) const KERNELS: usize = 24;
+pub(crate) const KERNELS: usize = 34;
 
 impl Kernel {
     fn source(self) -> (&'static str, &'static str) {
@@ -86,6 +98,10 @@ impl Kernel {
         let elementwise = concat!(
             include_str!("../../shaders/functions.wgsl"),
             include_str!("../../shaders/elementwise.wgsl")
+        );
+        let elementwise4 = concat!(
+            include_str!("../../shaders/functions.wgsl"),
+            include_str!("../../shaders/elementwise4.wgsl")
         );
         let layout = include_str!("../../shaders/layout.wgsl");
         let reduce = include_str!("../../shaders/reduce.wgsl");
@@ -99,6 +115,13 @@ impl Kernel {
             BinaryScalar => (elementwise, "binary_scalar"),
             Affine => (elementwise, "affine"),
             Map => (elementwise, "map"),
+            BinarySame4 => (elementwise4, "binary_same4"),
+            BinaryRow4 => (elementwise4, "binary_row4"),
+            BinaryCol4 => (elementwise4, "binary_col4"),
+            Affine4 => (elementwise4, "affine4"),
+            Map4 => (elementwise4, "map4"),
+            ExpandRow4 => (elementwise4, "expand_row4"),
+            ExpandCol4 => (elementwise4, "expand_col4"),
             MatMul => (include_str!("../../shaders/matmul.wgsl"), "matmul"),
             MatMulDirect => (include_str!("../../shaders/matmul.wgsl"), "matmul_direct"),
             MatMulLanes => lanes(Layout::Scalar),
@@ -117,6 +140,8 @@ impl Kernel {
             MatMulLanesTT => lanes(Layout::Vec4 { ta: true, tb: true }),
             ReduceThread => (reduce, "reduce_thread"),
             ReduceGroup => (reduce, "reduce_group"),
+            ReduceRows4 => (include_str!("../../shaders/reduce4.wgsl"), "reduce_rows4"),
+            ReduceCols4 => (include_str!("../../shaders/reduce4.wgsl"), "reduce_cols4"),
             ConcatCols => (layout, "concat_cols"),
             WindowCols => (layout, "window_cols"),
             GatherRows => (gather, "gather_rows"),
@@ -137,19 +162,39 @@ impl Kernel {
                 ),
                 "update",
             ),
+            Update4 => (
+                concat!(
+                    include_str!("../../shaders/optim_lib.wgsl"),
+                    include_str!("../../shaders/optim4.wgsl")
+                ),
+                "update4",
+            ),
         }
     }
 
     /// Bind group layout: 0 = (in, in, out), 1 = (grad; param, state, state read_write).
     fn layout(self) -> usize {
         match self {
-            Kernel::Update => 1,
+            Kernel::Update | Kernel::Update4 => 1,
             _ => 0,
         }
     }
 
     fn name(self) -> &'static str {
         self.source().1
+    }
+
+    /// The vec4 form of an elementwise kernel, if it has one.
+    pub(crate) fn vec4(self) -> Option<Kernel> {
+        use Kernel::*;
+        Some(match self {
+            BinarySame => BinarySame4,
+            BinaryRow => BinaryRow4,
+            BinaryCol => BinaryCol4,
+            Affine => Affine4,
+            Map => Map4,
+            _ => return None,
+        })
     }
 
     /// The subgroup product for a layout.
@@ -324,7 +369,7 @@ impl Launcher {
         Launcher {
             layouts: [l0, l1],
             pipeline_layouts: [p0, p1],
-            pipelines: Default::default(),
+            pipelines: [const { std::sync::OnceLock::new() }; KERNELS],
             params_buf,
             param_stride,
             cache: Default::default(),
