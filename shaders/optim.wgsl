@@ -12,9 +12,12 @@
 fn update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_id(gid, nwg);
     if (i >= p.n) { return; }
-    let r = opt_step(p.code, grad[i], param[i], s1[i], s2[i],
-                     vec4<f32>(p.f0, p.f1, p.f2, p.f3), bitcast<f32>(p.u0), bitcast<f32>(p.u1));
+    let f = vec4<f32>(p.f0, p.f1, p.f2, p.f3);
+    let keep = keeps_s2(p.code, f);
+    var m2 = 0.0;
+    if (keep) { m2 = s2[i]; }
+    let r = opt_step(p.code, grad[i], param[i], s1[i], m2, f, bitcast<f32>(p.u0), bitcast<f32>(p.u1));
     param[i] = r.x;
     s1[i] = r.y;
-    s2[i] = r.z;
+    if (keep) { s2[i] = r.z; }
 }

@@ -12,8 +12,10 @@ fn update4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     let g = grad[i];
     let x = param[i];
     let m = s1[i];
-    let v = s2[i];
     let f = vec4<f32>(p.f0, p.f1, p.f2, p.f3);
+    let keep = keeps_s2(p.code, f);
+    var v = vec4<f32>(0.0);
+    if (keep) { v = s2[i]; }
     let bc1 = bitcast<f32>(p.u0);
     let bc2 = bitcast<f32>(p.u1);
     let r0 = opt_step(p.code, g.x, x.x, m.x, v.x, f, bc1, bc2);
@@ -22,5 +24,5 @@ fn update4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     let r3 = opt_step(p.code, g.w, x.w, m.w, v.w, f, bc1, bc2);
     param[i] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
     s1[i] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
-    s2[i] = vec4<f32>(r0.z, r1.z, r2.z, r3.z);
+    if (keep) { s2[i] = vec4<f32>(r0.z, r1.z, r2.z, r3.z); }
 }

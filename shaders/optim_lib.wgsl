@@ -4,6 +4,14 @@
 // code 2: Adam                                                   s1 = m,           s2 = v
 // f = (learning rate, decay ρ / α / β₁, ε, momentum or Adam's β₂); bc1, bc2 = Adam's bias
 // corrections 1/(1 − β₁ᵗ), 1/(1 − β₂ᵗ). The f64 twin is optim::Optimizer::reference_step.
+// Where keeps_s2 is false the caller passes s2 = 0 and drops r.z.
+// Whether the rule reads and writes s2. RMSProp without momentum does not: its buffer would
+// be overwritten every step and never read (it stays at its initial 0), which saves two of
+// the update's seven memory accesses per element.
+fn keeps_s2(code: u32, f: vec4<f32>) -> bool {
+    return code == 2u || f.w != 0.0;
+}
+
 fn opt_step(code: u32, g: f32, param: f32, s1: f32, s2: f32, f: vec4<f32>, bc1: f32, bc2: f32) -> vec3<f32> {
     let lr = f.x;
     let rho = f.y;

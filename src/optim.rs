@@ -186,8 +186,11 @@ impl Optimizer {
                 } => {
                     let (rho, mu, eps) = (decay as f64, momentum as f64, eps as f64);
                     s1[i] = rho * s1[i] + (1.0 - rho) * g[i] * g[i];
-                    s2[i] = mu * s2[i] + lr * g[i] / (s1[i] + eps).sqrt();
-                    p[i] -= s2[i];
+                    let mom = mu * s2[i] + lr * g[i] / (s1[i] + eps).sqrt();
+                    p[i] -= mom;
+                    if mu != 0.0 {
+                        s2[i] = mom; // without momentum the buffer is not kept (stays 0)
+                    }
                 }
                 Rule::RmsPropTorch {
                     alpha,
@@ -196,8 +199,11 @@ impl Optimizer {
                 } => {
                     let (a, mu, eps) = (alpha as f64, momentum as f64, eps as f64);
                     s1[i] = a * s1[i] + (1.0 - a) * g[i] * g[i];
-                    s2[i] = mu * s2[i] + g[i] / (s1[i].sqrt() + eps);
-                    p[i] -= lr * s2[i];
+                    let buf = mu * s2[i] + g[i] / (s1[i].sqrt() + eps);
+                    p[i] -= lr * buf;
+                    if mu != 0.0 {
+                        s2[i] = buf;
+                    }
                 }
                 Rule::Adam { beta1, beta2, eps } => {
                     let (b1, b2, eps) = (beta1 as f64, beta2 as f64, eps as f64);

@@ -128,10 +128,12 @@ fn update_at(e: u32, parts: u32, scal_slots: u32) {
         bc1 = -1.0 / expm1_acc(f32(t1) * st.log_beta1);
         bc2 = -1.0 / expm1_acc(f32(t1) * st.log_beta2);
     }
-    let r = opt_step(M.opt, g, theta[e], s1[e], s2[e], vec4<f32>(lr, st.rho, st.opt_eps, st.f3), bc1, bc2);
+    let f = vec4<f32>(lr, st.rho, st.opt_eps, st.f3);
+    let keep = keeps_s2(M.opt, f);
+    let r = opt_step(M.opt, g, theta[e], s1[e], select(0.0, s2[e], keep), f, bc1, bc2);
     theta[e] = select(theta[e], r.x, train);
     s1[e] = select(s1[e], r.y, train);
-    s2[e] = select(s2[e], r.z, train);
+    if (keep && train) { s2[e] = r.z; }
 }
 
 // Element 0 of the update: the loss (mean + regulariser) and mean energies from the scalar
