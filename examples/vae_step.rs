@@ -49,10 +49,14 @@ fn run(args: &[String]) -> wmvl::Result<()> {
     if let Some(t) = &last {
         vae.read_stats(t)?;
     }
-    // Dispatches of one step: what the launch queue holds after recording it.
-    vae.record_step(&x)?;
-    let per_step = gpu.pending_dispatches();
+    // Dispatches of one step: what the launch queue holds after recording it, and what the
+    // device runs once its elementwise chains are fused.
     gpu.sync()?;
+    let before = gpu.dispatches_submitted();
+    vae.record_step(&x)?;
+    let recorded = gpu.pending_dispatches();
+    gpu.sync()?;
+    let per_step = gpu.dispatches_submitted() - before;
     let mut times = Vec::new();
     let mut loss = f64::NAN;
     for _ in 0..(steps / chunk).max(3) {
@@ -75,7 +79,7 @@ fn run(args: &[String]) -> wmvl::Result<()> {
         "wmvl {name} tape vae nz={nz} B={b} step_us={:.1} loss={loss:.4}",
         median * 1e6
     );
-    println!("    {per_step} dispatches per step, {chunk} steps per wait");
+    println!("    {per_step} dispatches per step ({recorded} recorded), {chunk} steps per wait");
     println!(
         "    GPU memory held: {:.1} MiB (model, optimiser state, batch, pooled intermediates)",
         gpu.allocated_bytes() as f64 / (1 << 20) as f64

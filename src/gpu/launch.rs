@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, Result};
 
+use super::fuse::Ew;
 use super::matmul_cpu::Layout;
 use super::pool::PooledBuffer;
 use super::Gpu;
@@ -261,6 +262,11 @@ pub(crate) enum Bind {
         buffers: Vec<(Arc<PooledBuffer>, u64, u64)>,
     },
     Prebuilt(Arc<CustomBindings>),
+    /// Buffers for a custom layout, bind group cached like the built-ins' (fused chains).
+    Custom {
+        layout: Arc<CustomLayout>,
+        buffers: Vec<Binding>,
+    },
 }
 
 pub(crate) struct Dispatch {
@@ -268,10 +274,12 @@ pub(crate) struct Dispatch {
     pub bind: Bind,
     pub params: ParamBlock,
     pub groups: [u32; 3],
+    /// What an elementwise dispatch computes, for the fuser (`fuse.rs`).
+    pub ew: Option<Ew>,
 }
 
 impl Dispatch {
-    fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match &self.pipe {
             Pipe::Builtin(k) => k.name().to_string(),
             Pipe::Custom(c) => c.label.clone(),
@@ -301,6 +309,8 @@ pub(crate) struct Launcher {
     pub cache: std::sync::Mutex<HashMap<BindKey, Arc<wgpu::BindGroup>>>,
     /// Bind groups created so far (cached and custom), for tests and reports.
     pub created: std::sync::atomic::AtomicU64,
+    /// Dispatches submitted so far (after fusion), for tests and reports.
+    pub submitted: std::sync::atomic::AtomicU64,
     /// Custom layouts by storage signature, and custom kernels by (layout, source, entry):
     /// a driver compiles a kernel when its pipeline is made (lavapipe: seconds for a fused
     /// step), so steps built again for the same model and settings reuse them.
@@ -374,6 +384,7 @@ impl Launcher {
             param_stride,
             cache: Default::default(),
             created: Default::default(),
+            submitted: Default::default(),
             custom_layouts: Default::default(),
             custom_kernels: Default::default(),
         }
@@ -595,6 +606,7 @@ impl Gpu {
             bind: Bind::Prebuilt(bindings.clone()),
             params: block,
             groups,
+            ew: None,
         })
     }
 
@@ -613,6 +625,7 @@ impl Gpu {
     fn bind_group(
         &self,
         layout: usize,
+        bind_layout: &wgpu::BindGroupLayout,
         buffers: &[(Arc<PooledBuffer>, u64, u64)],
     ) -> Result<Arc<wgpu::BindGroup>> {
         let key: BindKey = (
@@ -644,7 +657,7 @@ impl Gpu {
         self.count_bind_group();
         let group = Arc::new(self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
-            layout: &self.launcher.layouts[layout],
+            layout: bind_layout,
             entries: &entries,
         }));
         cache.insert(key, group.clone());
@@ -671,6 +684,7 @@ impl Gpu {
             },
             params: params.block(),
             groups,
+            ew: Ew::of(kernel, &params),
         })
     }
 
@@ -690,6 +704,7 @@ impl Gpu {
             },
             params: params.block(),
             groups,
+            ew: None,
         })
     }
 
@@ -709,7 +724,14 @@ impl Gpu {
         Ok(())
     }
 
-    /// Dispatches recorded and not yet submitted.
+    /// Dispatches submitted so far: what the device ran, after fusing elementwise chains.
+    pub fn dispatches_submitted(&self) -> u64 {
+        self.launcher
+            .submitted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Dispatches recorded and not yet submitted (before fusion).
     pub fn pending_dispatches(&self) -> usize {
         self.pending.lock().map(|p| p.len()).unwrap_or(0)
     }
@@ -788,6 +810,10 @@ impl Gpu {
         if list.is_empty() {
             return Ok((None, false));
         }
+        let list = super::fuse::fuse(self, list)?;
+        self.launcher
+            .submitted
+            .fetch_add(list.len() as u64, std::sync::atomic::Ordering::Relaxed);
         // All parameter blocks of this batch go into the one uniform buffer.
         let stride = self.launcher.param_stride as usize;
         let mut bytes = vec![0u8; list.len() * stride];
@@ -801,7 +827,13 @@ impl Gpu {
         let groups: Vec<Arc<wgpu::BindGroup>> = list
             .iter()
             .filter_map(|d| match &d.bind {
-                Bind::Buffers { layout, buffers } => Some(self.bind_group(*layout, buffers)),
+                Bind::Buffers { layout, buffers } => {
+                    Some(self.bind_group(*layout, &self.launcher.layouts[*layout], buffers))
+                }
+                // Keyed by the layout's address (built-in layouts are 0 and 1).
+                Bind::Custom { layout, buffers } => {
+                    Some(self.bind_group(Arc::as_ptr(layout) as usize, &layout.bind, buffers))
+                }
                 Bind::Prebuilt(_) => None,
             })
             .collect::<Result<_>>()?;
@@ -826,7 +858,7 @@ impl Gpu {
             }
             let offset = [(i * stride) as u32];
             match &d.bind {
-                Bind::Buffers { .. } => pass.set_bind_group(
+                Bind::Buffers { .. } | Bind::Custom { .. } => pass.set_bind_group(
                     0,
                     Some(&**cached.next().expect("one per dispatch")),
                     &offset,

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result, NO_ADAPTER_HINT};
 
+mod fuse;
 pub mod launch;
 mod matmul_cpu;
 mod ops;
@@ -133,6 +134,9 @@ pub struct Gpu {
     pub(crate) timestamps: bool,
     /// CPU implementations of Vulkan: avoid workgroup barriers (see `matmul_direct`).
     pub(crate) barrier_free: bool,
+    /// Whether flushes fuse chains of elementwise dispatches (`fuse.rs`; `WMVL_FUSE=0` or
+    /// [`Gpu::without_fusion`] turn it off).
+    fuse: bool,
     /// Fused kernels may use the subgroup matmul core (see [`Gpu::subgroup_core`]).
     subgroup_core: bool,
 }
@@ -176,6 +180,17 @@ fn kernels_from_env() -> Result<Option<&'static str>> {
         Ok("cpu") => Ok(Some("cpu")),
         Ok(other) => Err(Error::Invalid(format!(
             "WMVL_KERNELS={other:?}: use gpu (tiled kernels) or cpu (barrier-free kernels), or unset it to choose by adapter"
+        ))),
+    }
+}
+
+/// `WMVL_FUSE`: unset, empty or `1` fuses elementwise chains; `0` does not.
+fn fusion_from_env() -> Result<bool> {
+    match std::env::var("WMVL_FUSE").as_deref() {
+        Err(_) | Ok("") | Ok("1") => Ok(true),
+        Ok("0") => Ok(false),
+        Ok(other) => Err(Error::Invalid(format!(
+            "WMVL_FUSE={other:?}: use 1 (fuse elementwise chains, the default) or 0 (one kernel per op)"
         ))),
     }
 }
@@ -317,6 +332,7 @@ impl Gpu {
                 Some(k) => k == "cpu",
                 None => info.device_type == wgpu::DeviceType::Cpu,
             }),
+            fuse: fusion_from_env()?,
         };
         gpu.check()?;
         Ok(gpu)
@@ -344,6 +360,17 @@ impl Gpu {
             && r.subgroup_min_size == r.subgroup_max_size
             && r.subgroup_min_size == 8;
         (fixed && self.subgroup_core).then_some(8)
+    }
+
+    /// This device without fusing elementwise chains (e.g. to compare against).
+    pub fn without_fusion(mut self) -> Gpu {
+        self.fuse = false;
+        self
+    }
+
+    /// Whether flushes fuse chains of elementwise dispatches into one kernel.
+    pub fn fuses(&self) -> bool {
+        self.fuse
     }
 
     /// This device with the subgroup cores off (e.g. to test the direct ones).

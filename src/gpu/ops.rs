@@ -14,6 +14,7 @@ use super::{Gpu, Index, Tensor};
 /// `launch_matmul`). Also below llvmpipe's cap of 65535 loop iterations.
 const MATMUL_K_CHUNK: usize = 512;
 
+
 impl Gpu {
     /// Workgroup grid for `threads` invocations of a 256-wide 1-D kernel (2-D when large).
     fn grid(&self, threads: usize) -> [u32; 3] {
@@ -211,10 +212,11 @@ impl Gpu {
             return self.full(m, n, 0.0);
         }
         // Equal chunks, a multiple of 4 long (the vec4 products read k four at a time).
-        let chunk = if k <= MATMUL_K_CHUNK {
+        let chunks = k.div_ceil(MATMUL_K_CHUNK);
+        let chunk = if chunks <= 1 {
             k
         } else {
-            k.div_ceil(k.div_ceil(MATMUL_K_CHUNK)).next_multiple_of(4)
+            k.div_ceil(chunks).next_multiple_of(4)
         };
         let chunks = k.div_ceil(chunk);
         let out = self.empty(chunks * m, n)?;
