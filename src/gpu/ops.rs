@@ -14,6 +14,11 @@ use super::{Gpu, Index, Tensor};
 /// `launch_matmul`). Also below llvmpipe's cap of 65535 loop iterations.
 const MATMUL_K_CHUNK: usize = 512;
 
+/// Workgroups a product on a GPU should have at least: two per multiprocessor of a large GPU
+/// (132 on an H100). Outputs of fewer 64 × 64 tiles (a 128 × 256 layer at batch 128 has 8)
+/// split K further, down to chunks of `GPU_MIN_CHUNK`, and a second pass adds the chunks.
+const GPU_MIN_WORKGROUPS: usize = 264;
+const GPU_MIN_CHUNK: usize = 64;
 
 impl Gpu {
     /// Workgroup grid for `threads` invocations of a 256-wide 1-D kernel (2-D when large).
@@ -212,7 +217,12 @@ impl Gpu {
             return self.full(m, n, 0.0);
         }
         // Equal chunks, a multiple of 4 long (the vec4 products read k four at a time).
-        let chunks = k.div_ceil(MATMUL_K_CHUNK);
+        let mut chunks = k.div_ceil(MATMUL_K_CHUNK);
+        if !self.barrier_free {
+            let tiles = m.div_ceil(64) * n.div_ceil(64);
+            let wanted = GPU_MIN_WORKGROUPS.div_ceil(tiles);
+            chunks = chunks.max(wanted.min(k / GPU_MIN_CHUNK));
+        }
         let chunk = if chunks <= 1 {
             k
         } else {
