@@ -35,7 +35,7 @@ use common::{arg, Cell, Res};
 
 use wmvl::ais::{ais, log_marginal, AisConfig, LatentPrior};
 use wmvl::gpu::Gpu;
-use wmvl::mnist::{binarize, load_dir, Images};
+use wmvl::mnist::{binarize, load_dir, DeviceImages};
 use wmvl::plot::images::image_grid;
 use wmvl::progress::Progress;
 use wmvl::rng::HostRng;
@@ -129,19 +129,6 @@ fn options(args: &[String]) -> Res<Opts> {
     Ok(o)
 }
 
-/// A minibatch of `b` training digits, binarised afresh (dynamic binarisation), drawn from
-/// (seed, step) only so that a resumed run sees the same batches.
-fn batch(gpu: &Gpu, train: &Images, b: usize, seed: u64, step: usize) -> Res<wmvl::gpu::Tensor> {
-    let mut rng = HostRng::for_stream(seed ^ 0xba7c, step as u64);
-    let p = train.pixels;
-    let mut px = Vec::with_capacity(b * p);
-    for _ in 0..b {
-        let i = ((rng.uniform() * train.rows as f64) as usize).min(train.rows - 1);
-        px.extend_from_slice(&train.data[i * p..(i + 1) * p]);
-    }
-    Ok(gpu.upload(b, p, &binarize(&px, &mut rng))?)
-}
-
 struct Row {
     name: String,
     seed: u64,
@@ -154,7 +141,7 @@ struct Row {
     ais_s: f64,
 }
 
-fn run_cell(gpu: &Gpu, o: &Opts, cfg: &VaeConfig, train: &Images, test: &[f32]) -> Res<Row> {
+fn run_cell(gpu: &Gpu, o: &Opts, cfg: &VaeConfig, train: &DeviceImages, test: &[f32]) -> Res<Row> {
     // Files of one training run: the cell's name, and its seed when there are several.
     let name = if o.seeds > 1 {
         format!("{}-seed{}", cfg.name(), cfg.seed)
@@ -196,7 +183,10 @@ fn run_cell(gpu: &Gpu, o: &Opts, cfg: &VaeConfig, train: &Images, test: &[f32]) 
                 Cell::Save => return Ok(vae.save(&ck, &[]).map(|_| String::new())?),
                 Cell::Step { done, log } => (done, log),
             };
-            let stats = vae.record_step(&batch(gpu, train, cfg.batch, cfg.seed, done)?)?;
+            // A minibatch of training digits drawn and binarised afresh on the device, from
+            // (seed, step) only so that a resumed run sees the same batches.
+            let x = train.batch(gpu, cfg.batch, cfg.seed ^ 0xba7c, done as u64, true)?;
+            let stats = vae.record_step(&x)?;
             if !log {
                 return Ok(String::new());
             }
@@ -353,6 +343,8 @@ fn run() -> Res<()> {
     let p = mnist.test.pixels;
     let test = binarize(&mnist.test.data[..o.test_n * p], &mut HostRng::new(0x7e57));
 
+    // The training digits on the device once: each step draws its batch there.
+    let train = DeviceImages::upload(&gpu, &mnist.train)?;
     let t = Instant::now();
     let mut rows = Vec::new();
     for (k, cfg) in o.cells.iter().enumerate() {
@@ -364,7 +356,7 @@ fn run() -> Res<()> {
             cfg.seed,
             t.elapsed().as_secs_f64()
         );
-        rows.push(run_cell(&gpu, &o, cfg, &mnist.train, &test)?);
+        rows.push(run_cell(&gpu, &o, cfg, &train, &test)?);
     }
     let mut csv = String::from(
         "cell,seed,steps,nll,se,paper_nll,held_out_before,held_out_after,train_s,ais_s\n",

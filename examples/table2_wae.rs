@@ -31,9 +31,8 @@ use common::{arg, Cell, Res};
 use wmvl::fid::{frechet_distance, Gaussian};
 use wmvl::gpu::Gpu;
 use wmvl::lenet::{LeNet, FEATURES};
-use wmvl::mnist::{load_dir, Images};
+use wmvl::mnist::{load_dir, DeviceImages};
 use wmvl::plot::images::image_grid;
-use wmvl::rng::HostRng;
 use wmvl::vae::Latent;
 use wmvl::wae::{Divergence, Wae, WaeConfig};
 
@@ -100,19 +99,6 @@ fn options(args: &[String]) -> Res<Opts> {
     Ok(o)
 }
 
-/// A minibatch of `b` training digits (grey levels), drawn from (seed, step) only so that a
-/// resumed run sees the same batches.
-fn batch(gpu: &Gpu, train: &Images, b: usize, seed: u64, step: usize) -> Res<wmvl::gpu::Tensor> {
-    let mut rng = HostRng::for_stream(seed ^ 0xbad9e, step as u64);
-    let p = train.pixels;
-    let mut px = Vec::with_capacity(b * p);
-    for _ in 0..b {
-        let i = ((rng.uniform() * train.rows as f64) as usize).min(train.rows - 1);
-        px.extend_from_slice(&train.data[i * p..(i + 1) * p]);
-    }
-    Ok(gpu.upload(b, p, &px)?)
-}
-
 /// What FID compares against: the held-out digits' feature statistics, once.
 struct Scorer<'g> {
     lenet: LeNet<'g>,
@@ -142,7 +128,7 @@ fn run_cell(
     gpu: &Gpu,
     o: &Opts,
     cfg: &WaeConfig,
-    train: &Images,
+    train: &DeviceImages,
     test: &[f32],
     scorer: &Scorer,
 ) -> Res<Row> {
@@ -176,7 +162,10 @@ fn run_cell(
                 Cell::Save => return Ok(wae.save(&ck).map(|_| String::new())?),
                 Cell::Step { done, log } => (done, log),
             };
-            let stats = wae.record_step(&batch(gpu, train, cfg.batch, cfg.seed, done)?)?;
+            // A minibatch of training digits (grey levels) drawn on the device, from
+            // (seed, step) only so that a resumed run sees the same batches.
+            let x = train.batch(gpu, cfg.batch, cfg.seed ^ 0xbad9e, done as u64, false)?;
+            let stats = wae.record_step(&x)?;
             if !log {
                 return Ok(String::new());
             }
@@ -291,6 +280,8 @@ fn run() -> Res<()> {
         o.fid_samples
     );
 
+    // The training digits on the device once: each step draws its batch there.
+    let train = DeviceImages::upload(&gpu, &mnist.train)?;
     let t = Instant::now();
     let mut rows = Vec::new();
     for (k, cfg) in o.cells.iter().enumerate() {
@@ -302,7 +293,7 @@ fn run() -> Res<()> {
             cfg.seed,
             t.elapsed().as_secs_f64()
         );
-        rows.push(run_cell(&gpu, &o, cfg, &mnist.train, test, &scorer)?);
+        rows.push(run_cell(&gpu, &o, cfg, &train, test, &scorer)?);
     }
     let mut csv = String::from(
         "cell,seed,steps,fid,paper_fid,fid_untrained,fid_training_digits,cross_entropy_before,cross_entropy_after,train_s\n",

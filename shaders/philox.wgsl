@@ -1,6 +1,8 @@
 // Random fills (functions in philox_lib.wgsl). Thread t makes block t of the draw, from
 // counter (t, u0, u1, 0) and key (u2, u3): 4 uniforms, 4 normals by Box–Muller (code 1) or
-// 4 row indices below p.rows (code 2).
+// 4 row indices below p.rows (code 2), or 4 Bernoulli draws 1{u < a[i]} with probabilities
+// from input a (code 3: binarising images afresh on the device).
+@group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size(256)
@@ -16,6 +18,13 @@ fn random(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         return;
     }
     var v = vec4<f32>(to_unit(r.x), to_unit(r.y), to_unit(r.z), to_unit(r.w));
+    if (p.code == 3u) {
+        for (var l = 0u; l < 4u; l++) {
+            let i = t * 4u + l;
+            if (i < p.n) { out[i] = select(0.0, 1.0, v[l] < a[i]); }
+        }
+        return;
+    }
     if (p.code == 1u) {
         let tau = 6.2831853;
         let r0 = sqrt(-2.0 * log_unit(v.x));

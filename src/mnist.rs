@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
 use crate::rng::HostRng;
 
 /// The contents of an IDX file: its dimensions and its values (row-major) converted to f32.
@@ -38,6 +40,49 @@ pub struct Images {
     pub data: Vec<f32>,
     /// One label 0..=9 per image.
     pub labels: Vec<u8>,
+}
+
+/// Images on the device, for minibatches drawn there: uploaded once, then each step's rows
+/// are picked and binarised by Philox on the device (no host batch, no upload per step).
+pub struct DeviceImages {
+    /// `rows × pixels` grey values.
+    pub images: Tensor,
+    pub rows: usize,
+    pub pixels: usize,
+}
+
+impl DeviceImages {
+    pub fn upload(gpu: &Gpu, images: &Images) -> Result<DeviceImages> {
+        if images.rows == 0 {
+            return Err(Error::Invalid("no images to draw minibatches from".into()));
+        }
+        Ok(DeviceImages {
+            images: gpu.upload(images.rows, images.pixels, &images.data)?,
+            rows: images.rows,
+            pixels: images.pixels,
+        })
+    }
+
+    /// `b` images drawn uniformly with replacement by draw (seed, 2·step) and, with
+    /// `binarise`, each pixel set to 1 with its grey level as probability by draw
+    /// (seed, 2·step + 1) (dynamic binarisation): the same batch for the same (seed, step),
+    /// so a resumed run sees the batches it would have seen.
+    pub fn batch(
+        &self,
+        gpu: &Gpu,
+        b: usize,
+        seed: u64,
+        step: u64,
+        binarise: bool,
+    ) -> Result<Tensor> {
+        let idx = gpu.random_index(b, self.rows, seed, 2 * step)?;
+        let x = gpu.gather_rows(&self.images, &idx)?;
+        if binarise {
+            gpu.bernoulli(&x, seed, 2 * step + 1)
+        } else {
+            Ok(x)
+        }
+    }
 }
 
 /// MNIST split into training and test images.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use common::TempDir;
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use wmvl::mnist::{binarize, load_dir, load_mnist, read_idx, Idx};
+use wmvl::mnist::{binarize, load_dir, load_mnist, read_idx, DeviceImages, Idx, Images};
 use wmvl::rng::HostRng;
 use wmvl::Error;
 
@@ -322,4 +322,78 @@ fn binarize_matches_the_grey_values_on_average() {
         [0.0, 1.0, 0.0, 1.0]
     );
     assert_eq!(binarize(&grey, &mut HostRng::new(42)), bin);
+}
+
+/// Minibatches drawn on the device (`DeviceImages::batch`): every row is one of the images
+/// (pixels of grey level 0 or 1 binarise to themselves, so each row names its image), the
+/// same (seed, step) gives the same batch, the next step another, and binarisation draws
+/// each pixel with its grey level as probability (mean within 4 standard errors).
+#[test]
+fn device_batches_are_data_rows_reproducible_by_step() {
+    let gpu = wmvl::gpu::Gpu::new().unwrap();
+    // Image i has pixel j = bit j of i + 1: distinct, none all zero.
+    let (rows, pixels) = (6, 8);
+    let data: Vec<f32> = (0..rows * pixels)
+        .map(|e| (((e / pixels + 1) >> (e % pixels)) & 1) as f32)
+        .collect();
+    let images = Images {
+        rows,
+        pixels,
+        data: data.clone(),
+        labels: vec![0; rows],
+    };
+    let dev = DeviceImages::upload(&gpu, &images).unwrap();
+    let draw = |step: u64, binarise: bool| {
+        gpu.read(&dev.batch(&gpu, 32, 7, step, binarise).unwrap())
+            .unwrap()
+    };
+    let a = draw(3, true);
+    let mut seen = vec![0usize; rows];
+    for r in a.chunks(pixels) {
+        let i = data
+            .chunks(pixels)
+            .position(|d| d == r)
+            .unwrap_or_else(|| panic!("batch row {r:?} is no image"));
+        seen[i] += 1;
+    }
+    assert!(
+        seen.iter().all(|&c| c > 0),
+        "32 draws from 6 images missed one: {seen:?}"
+    );
+    assert_eq!(a, draw(3, true));
+    assert_eq!(a, draw(3, false), "binary images binarise to themselves");
+    assert_ne!(a, draw(4, true));
+
+    // Grey levels 0.2 and 0.7 in alternate pixels, 20 000 draws of each.
+    let grey: Vec<f32> = (0..2 * 64)
+        .map(|e| if e % 2 == 0 { 0.2 } else { 0.7 })
+        .collect();
+    let dev = DeviceImages::upload(
+        &gpu,
+        &Images {
+            rows: 2,
+            pixels: 64,
+            data: grey,
+            labels: vec![0; 2],
+        },
+    )
+    .unwrap();
+    let x = gpu
+        .read(&dev.batch(&gpu, 625, 11, 0, true).unwrap())
+        .unwrap();
+    for (parity, p) in [(0, 0.2f64), (1, 0.7)] {
+        let v: Vec<f64> = x
+            .iter()
+            .skip(parity)
+            .step_by(2)
+            .map(|&v| v as f64)
+            .collect();
+        assert!(v.iter().all(|&b| b == 0.0 || b == 1.0));
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let se = (p * (1.0 - p) / v.len() as f64).sqrt();
+        assert!(
+            (mean - p).abs() < 4.0 * se,
+            "grey {p}: mean {mean} (SE {se:.4})"
+        );
+    }
 }

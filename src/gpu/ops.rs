@@ -295,6 +295,29 @@ impl Gpu {
         Ok(())
     }
 
+    /// Bernoulli draws 1{u < p} for each element p of `probs` (u uniform on [0, 1) from draw
+    /// (seed, stream)), made on the GPU: dynamic binarisation of images without the host.
+    pub fn bernoulli(&self, probs: &Tensor, seed: u64, stream: u64) -> Result<Tensor> {
+        let n = probs.len();
+        let out = self.empty(probs.rows, probs.cols)?;
+        let params = Params {
+            n: n as u32,
+            code: 3,
+            u: words(seed, stream),
+            ..Default::default()
+        };
+        if n > 0 {
+            self.record(
+                Kernel::Random,
+                params,
+                [Some(probs.binding()), None],
+                out.binding(),
+                self.grid(n.div_ceil(4)),
+            )?;
+        }
+        Ok(out)
+    }
+
     /// `len` uniformly random row indices in 0..bound from draw (seed, stream), made on the GPU.
     pub fn random_index(&self, len: usize, bound: usize, seed: u64, stream: u64) -> Result<Index> {
         if bound == 0 || bound > u32::MAX as usize {
