@@ -105,10 +105,12 @@ fn run_config(gpu: &Gpu, r: &Run, path: Path, shape: Option<ShapeChoice>) -> wmv
     let launches = match tr.fused_launches_per_step() {
         Some(k) => k,
         None => {
-            tr.record_step()?;
-            let k = gpu.pending_dispatches();
+            // What the device runs: the recorded dispatches after elementwise fusion.
             gpu.sync()?;
-            k
+            let before = gpu.dispatches_submitted();
+            tr.record_step()?;
+            gpu.sync()?;
+            (gpu.dispatches_submitted() - before) as usize
         }
     };
     let shape_name = tr.fused_step().map_or("tape".to_string(), |f| {

@@ -1297,14 +1297,21 @@ fn direct_and_subgroup_products_match_cpu() {
     g.sync().unwrap();
     let [(a, _), (b, _)] = matmul_operands(&mut r, 36, 8, 36, true, false);
     let [(c, _), (d, _)] = matmul_operands(&mut r, 36, 7, 36, false, false);
+    let [(e, _), (f, _)] = matmul_operands(&mut r, 2, 20, 36, true, false);
+    let [(h, _), (i, _)] = matmul_operands(&mut r, 36, 20, 2, false, true);
     let _keep = (
         g.matmul(&a, &b, true, false).unwrap(),
         g.matmul(&c, &d, false, false).unwrap(),
+        g.matmul(&e, &f, true, false).unwrap(),
+        g.matmul(&h, &i, false, true).unwrap(),
     );
     if let Some(profile) = g.flush_profiled().unwrap() {
         let names: Vec<&str> = profile.iter().map(|(n, _)| n.as_str()).collect();
         assert!(names.contains(&"matmul_v4_tn"), "{names:?}");
         assert!(names.contains(&"matmul_sub"), "{names:?}");
+        // Outputs at most 8 rows or columns wide take the 8-row / 8-column blocks.
+        assert!(names.contains(&"matmul_sub_8x32"), "{names:?}");
+        assert!(names.contains(&"matmul_sub_32x8"), "{names:?}");
     }
 }
 

@@ -70,6 +70,9 @@ pub(crate) enum Kernel {
     /// The subgroup products of [`super::matmul_cpu`] (any shape; vec4 loads per transpose
     /// pair).
     MatMulLanes,
+    MatMulLanes32x8,
+    MatMulLanes8x32,
+    MatMulLanes8x8,
     MatMulLanesNN,
     MatMulLanesNT,
     MatMulLanesTN,
@@ -91,7 +94,7 @@ pub(crate) enum Kernel {
     Update4,
 }
 
-pub(crate) const KERNELS: usize = 34;
+pub(crate) const KERNELS: usize = 37;
 
 impl Kernel {
     fn source(self) -> (&'static str, &'static str) {
@@ -125,7 +128,22 @@ impl Kernel {
             ExpandCol4 => (elementwise4, "expand_col4"),
             MatMul => (include_str!("../../shaders/matmul.wgsl"), "matmul"),
             MatMulDirect => (include_str!("../../shaders/matmul.wgsl"), "matmul_direct"),
-            MatMulLanes => lanes(Layout::Scalar),
+            MatMulLanes => lanes(Layout::Scalar {
+                rows: 32,
+                wide: true,
+            }),
+            MatMulLanes32x8 => lanes(Layout::Scalar {
+                rows: 32,
+                wide: false,
+            }),
+            MatMulLanes8x32 => lanes(Layout::Scalar {
+                rows: 8,
+                wide: true,
+            }),
+            MatMulLanes8x8 => lanes(Layout::Scalar {
+                rows: 8,
+                wide: false,
+            }),
             MatMulLanesNN => lanes(Layout::Vec4 {
                 ta: false,
                 tb: false,
@@ -201,7 +219,16 @@ impl Kernel {
     /// The subgroup product for a layout.
     pub(crate) fn lanes(layout: Layout) -> Kernel {
         match layout {
-            Layout::Scalar => Kernel::MatMulLanes,
+            Layout::Scalar {
+                rows: 8,
+                wide: false,
+            } => Kernel::MatMulLanes8x8,
+            Layout::Scalar {
+                rows: 8,
+                wide: true,
+            } => Kernel::MatMulLanes8x32,
+            Layout::Scalar { wide: false, .. } => Kernel::MatMulLanes32x8,
+            Layout::Scalar { .. } => Kernel::MatMulLanes,
             Layout::Vec4 {
                 ta: false,
                 tb: false,
@@ -221,10 +248,10 @@ impl Kernel {
 
 /// The generated source of a subgroup product, made once per process.
 fn lanes(layout: Layout) -> (&'static str, &'static str) {
-    static SOURCES: [OnceLock<String>; 5] = [const { OnceLock::new() }; 5];
+    static SOURCES: [OnceLock<String>; 8] = [const { OnceLock::new() }; 8];
     let slot = match layout {
-        Layout::Scalar => 0,
-        Layout::Vec4 { ta, tb } => 1 + 2 * ta as usize + tb as usize,
+        Layout::Scalar { rows, wide } => 2 * (rows == 8) as usize + wide as usize,
+        Layout::Vec4 { ta, tb } => 4 + 2 * ta as usize + tb as usize,
     };
     let src = SOURCES[slot].get_or_init(|| super::matmul_cpu::source(layout));
     (src.as_str(), layout.entry())

@@ -241,7 +241,7 @@ impl Gpu {
         };
         let (kernel, groups) = if self.barrier_free && self.subgroup_core().is_some() {
             let layout = Layout::choose(m, k, n, ta, tb);
-            let groups = matmul_cpu::groups(m, n) as u32;
+            let groups = matmul_cpu::groups(layout, m, n) as u32;
             (Kernel::lanes(layout), [groups, 1, chunks as u32])
         } else if self.barrier_free {
             (
