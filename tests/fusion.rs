@@ -117,7 +117,10 @@ fn fused_chains_match_unfused_and_f64() {
 fn fusion_reduces_the_dispatches() {
     let mut r = Pcg64::seed_from_u64(2);
     let mut counts = Vec::new();
-    for gpu in [fused(), unfused()] {
+    // Devices of its own: the other tests of this file run beside it and would add to a
+    // shared device's count.
+    let own = [Gpu::new().unwrap(), Gpu::new().unwrap().without_fusion()];
+    for gpu in &own {
         gpu.sync().unwrap();
         let up = |rr, c, d: &[f32]| gpu.upload(rr, c, d).unwrap();
         let x = up(12, 8, &data(&mut r, 96));
@@ -182,4 +185,49 @@ fn chains_are_cut_where_they_must_be() {
     let s = gpu.read(&gpu.sum(&acc, Axis::All).unwrap()).unwrap()[0] as f64;
     let want: f64 = got.iter().map(|&v| v as f64).sum();
     assert!((s - want).abs() < 1e-4 * want.abs().max(1.0));
+}
+
+/// A chain reaches past dispatches that do not touch what its next member reads or writes
+/// (that member then runs before them), and not past one that does: here a copy over an
+/// input of the next op, whose result must see the copy.
+#[test]
+fn chains_reach_past_independent_dispatches_only() {
+    let mut r = Pcg64::seed_from_u64(4);
+    let gpu = &Gpu::new().unwrap(); // its own: it counts dispatches
+    let (xs, zs, ws) = (data(&mut r, 96), data(&mut r, 96), data(&mut r, 24));
+    let x = gpu.upload(12, 8, &xs).unwrap();
+    let z = gpu.upload(12, 8, &zs).unwrap();
+    let w = gpu.upload(3, 8, &ws).unwrap();
+    gpu.sync().unwrap();
+    let before = gpu.dispatches_submitted();
+    // t, then a product reading t, then u = 3t: u joins t's chain past the product.
+    let t = gpu.affine(&x, 2.0, 0.0).unwrap();
+    let p = gpu.matmul(&t, &w, false, true).unwrap();
+    let u = gpu.affine(&t, 3.0, 0.0).unwrap();
+    // a = 2x; x ← z (a copy: no chain input); b = a + x must add z, not the old x.
+    let a = gpu.affine(&x, 2.0, 0.0).unwrap();
+    gpu.copy_into(&z, &x).unwrap();
+    let b = gpu.binary(BinOp::Add, &a, &x).unwrap();
+    let (pv, uv, bv) = (
+        gpu.read(&p).unwrap(),
+        gpu.read(&u).unwrap(),
+        gpu.read(&b).unwrap(),
+    );
+    let ran = gpu.dispatches_submitted() - before;
+    for i in 0..96 {
+        assert_eq!(uv[i], 3.0 * (2.0 * xs[i]), "u[{i}]");
+        assert_eq!(bv[i], 2.0 * xs[i] + zs[i], "b[{i}]");
+    }
+    for (i, &v) in pv.iter().enumerate() {
+        let (row, col) = (i / 3, i % 3);
+        let want: f64 = (0..8)
+            .map(|k| 2.0 * xs[row * 8 + k] as f64 * ws[col * 8 + k] as f64)
+            .sum();
+        assert!(
+            (v as f64 - want).abs() < 1e-4 * want.abs().max(1.0),
+            "p[{i}]"
+        );
+    }
+    // 6 recorded; t and u fused past the product, a, the copy and b apart: 5 ran.
+    assert_eq!(ran, 5);
 }

@@ -127,10 +127,14 @@ fn buffers(d: &Dispatch) -> &[Binding] {
     }
 }
 
-/// A run of dispatches being grown into a chain.
+/// Dispatches a chain may reach past to find its next member (which then runs before
+/// them, where that changes no value: see `independent`).
+const LOOKAHEAD: usize = 3;
+
+/// Dispatches being grown into a chain.
 struct Chain {
-    start: usize,
-    len: usize,
+    /// The members' indices in the list, in order (the fused kernel takes the first's place).
+    members: Vec<usize>,
     /// Inputs from outside the chain (distinct bindings), as (dispatch, binding slot) of
     /// their first use: the chain holds no buffer itself, so that reference counts say who
     /// else does.
@@ -157,46 +161,79 @@ pub(crate) fn fuse(gpu: &Gpu, list: Vec<Dispatch>) -> Result<Vec<Dispatch>> {
         }
     }
     let max_bindings = (gpu.report().limits.max_storage_buffers_per_shader_stage as usize).min(8);
-    // Fused dispatches by the index of their chain's first member, and the chains' lengths.
-    let mut fused: Vec<(usize, usize, Dispatch)> = Vec::new();
-    let mut i = 0;
-    while i < list.len() {
-        let chain = grow(&list, i, max_bindings, &uses);
-        if chain.len < 2 {
-            i += 1;
+    // Fused dispatches by their chain's first member; which dispatches a chain took.
+    let mut fused: HashMap<usize, Dispatch> = HashMap::new();
+    let mut taken = vec![false; list.len()];
+    for i in 0..list.len() {
+        if taken[i] {
             continue;
         }
-        fused.push((i, chain.len, build(gpu, &list, &chain, &uses)?));
-        i += chain.len;
+        let chain = grow(&list, i, &taken, max_bindings, &uses);
+        if chain.members.len() < 2 {
+            continue;
+        }
+        fused.insert(i, build(gpu, &list, &chain, &uses)?);
+        for &j in &chain.members {
+            taken[j] = true;
+        }
     }
     if fused.is_empty() {
         return Ok(list);
     }
     let mut out = Vec::with_capacity(list.len());
-    let mut next = fused.into_iter().peekable();
-    let mut skip = 0;
     for (i, d) in list.into_iter().enumerate() {
-        if skip > 0 {
-            skip -= 1;
-            continue;
-        }
-        match next.peek() {
-            Some((start, _, _)) if *start == i => {
-                let (_, len, f) = next.next().expect("peeked");
-                out.push(f);
-                skip = len - 1;
-            }
-            _ => out.push(d),
+        match fused.remove(&i) {
+            Some(f) => out.push(f),
+            None if taken[i] => {}
+            None => out.push(d),
         }
     }
     Ok(out)
 }
 
+/// Buffers a dispatch writes and reads (by id); None where it cannot be told (bindings
+/// made elsewhere, e.g. the fused MVL step's).
+fn access(d: &Dispatch) -> Option<(Vec<u64>, Vec<u64>)> {
+    match &d.bind {
+        Bind::Buffers { layout, buffers } => {
+            // Layout 0: inputs, then the output; layout 1 (the optimiser): the gradient, then
+            // three read-write buffers.
+            let first_written = if *layout == 0 { buffers.len() - 1 } else { 1 };
+            let ids = |r: &[Binding]| r.iter().map(|b| b.0.id).collect::<Vec<_>>();
+            Some((
+                ids(&buffers[first_written..]),
+                ids(&buffers[..first_written]),
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Whether `m` can run before `skipped` (which came before it) with the same results: none
+/// of them writes what `m` reads or writes, and none reads what `m` writes.
+fn independent(list: &[Dispatch], m: usize, skipped: &[usize]) -> bool {
+    let Some((mw, mr)) = access(&list[m]) else {
+        return false;
+    };
+    skipped.iter().all(|&s| match access(&list[s]) {
+        Some((sw, sr)) => {
+            !sw.iter().any(|b| mr.contains(b) || mw.contains(b))
+                && !sr.iter().any(|b| mw.contains(b))
+        }
+        None => false,
+    })
+}
+
 /// The longest fusable chain starting at `start`.
-fn grow(list: &[Dispatch], start: usize, max_bindings: usize, uses: &HashMap<u64, usize>) -> Chain {
+fn grow(
+    list: &[Dispatch],
+    start: usize,
+    taken: &[bool],
+    max_bindings: usize,
+    uses: &HashMap<u64, usize>,
+) -> Chain {
     let mut chain = Chain {
-        start,
-        len: 0,
+        members: Vec::new(),
         outside: Vec::new(),
     };
     let Some(first) = list[start].ew else {
@@ -208,9 +245,28 @@ fn grow(list: &[Dispatch], start: usize, max_bindings: usize, uses: &HashMap<u64
     let mut constants = 0;
     // Bindings of each buffer among the chain's members so far.
     let mut inside: HashMap<u64, usize> = HashMap::new();
+    // Dispatches passed over (they run after the fused kernel).
+    let mut skipped: Vec<usize> = Vec::new();
     for (j, d) in list.iter().enumerate().skip(start) {
-        let Some(ew) = d.ew else { break };
+        if taken[j] {
+            continue; // moved into an earlier chain, which runs before this one
+        }
+        // A dispatch that cannot join is passed over (up to LOOKAHEAD of them) or ends
+        // the chain.
+        let pass = |skipped: &mut Vec<usize>| {
+            skipped.push(j);
+            skipped.len() <= LOOKAHEAD
+        };
+        let Some(ew) = d.ew else {
+            if pass(&mut skipped) {
+                continue;
+            }
+            break;
+        };
         if ew.n != first.n || ew.cols != first.cols || ew.vec4 != first.vec4 {
+            if pass(&mut skipped) {
+                continue;
+            }
             break;
         }
         let bufs = buffers(d);
@@ -222,12 +278,16 @@ fn grow(list: &[Dispatch], start: usize, max_bindings: usize, uses: &HashMap<u64
             .collect();
         if j > start {
             // Joins only if it reads the chain, elementwise (a chain value through a
-            // broadcast pattern would need other elements).
-            if !from_chain.iter().any(|&c| c) {
-                break;
-            }
+            // broadcast pattern would need other elements), and can run before what the
+            // chain passed over.
             let broadcast_b = matches!(ew.op, EwOp::Binary { b, .. } if b != Pattern::Same);
-            if broadcast_b && from_chain[1] {
+            if !from_chain.iter().any(|&c| c)
+                || (broadcast_b && from_chain[1])
+                || !independent(list, j, &skipped)
+            {
+                if pass(&mut skipped) {
+                    continue;
+                }
                 break;
             }
         }
@@ -267,7 +327,7 @@ fn grow(list: &[Dispatch], start: usize, max_bindings: usize, uses: &HashMap<u64
             chain.outside.push((j, k));
         }
         outputs.push((j, out));
-        chain.len += 1;
+        chain.members.push(j);
     }
     chain
 }
@@ -287,13 +347,13 @@ fn build(
     chain: &Chain,
     uses: &HashMap<u64, usize>,
 ) -> Result<Dispatch> {
-    let members = &list[chain.start..chain.start + chain.len];
+    let members: Vec<&Dispatch> = chain.members.iter().map(|&j| &list[j]).collect();
     let first = members[0].ew.expect("a chain member is elementwise");
     // Which outputs to store: the last, and any that something besides the chain may read.
     let inside: HashMap<u64, usize> =
         members
             .iter()
-            .flat_map(buffers)
+            .flat_map(|d| buffers(d))
             .fold(HashMap::new(), |mut m, b| {
                 *m.entry(b.0.id).or_default() += 1;
                 m
@@ -308,7 +368,7 @@ fn build(
         .iter()
         .map(|&(d, k)| buffers(&list[d])[k].clone())
         .collect();
-    let source = source(members, &outside, &stored, first.vec4);
+    let source = source(&members, &outside, &stored, first.vec4);
     let mut read_only = vec![true; outside.len()];
     read_only.extend(stored.iter().filter(|&&s| s).map(|_| false));
     let layout = gpu.shared_layout(&read_only)?;
@@ -332,7 +392,7 @@ fn build(
             layout,
             buffers: bindings,
         },
-        params: block(members, first),
+        params: block(&members, first),
         groups: members[0].groups,
         ew: None,
     })
@@ -340,7 +400,7 @@ fn build(
 
 /// The fused kernel's parameter block (`ChainParams`): n, cols, then the members'
 /// constants in order.
-fn block(members: &[Dispatch], first: Ew) -> ParamBlock {
+fn block(members: &[&Dispatch], first: Ew) -> ParamBlock {
     let mut b = [0u32; PARAM_BYTES / 4];
     b[0] = first.n;
     b[1] = first.cols;
@@ -360,7 +420,7 @@ fn block(members: &[Dispatch], first: Ew) -> ParamBlock {
 }
 
 /// WGSL of a chain: inputs x0.., stored outputs y0.., values v0.. in registers.
-fn source(members: &[Dispatch], outside: &[Binding], stored: &[bool], vec4: bool) -> String {
+fn source(members: &[&Dispatch], outside: &[Binding], stored: &[bool], vec4: bool) -> String {
     let ty = if vec4 { "vec4<f32>" } else { "f32" };
     let mut s = String::new();
     s.push_str(
@@ -404,7 +464,7 @@ fn chain(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     );
     // The register or load expression for input binding b of member j with pattern pat.
     let operand = |j: usize, b: &Binding, pat: Pattern| -> String {
-        if let Some(src) = (0..j).rev().find(|&m| same(&buffers(&members[m])[2], b)) {
+        if let Some(src) = (0..j).rev().find(|&m| same(&buffers(members[m])[2], b)) {
             return format!("v{src}");
         }
         let k = outside
