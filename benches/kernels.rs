@@ -1,8 +1,8 @@
 //! Kernel throughput: matmul GFLOP/s and elementwise GB/s at a few sizes, plus the cost of
 //! one tiny dispatch — independent ones, and a chain in which each reads what the previous
 //! one wrote (the real cost between the dependent kernels of a step: the barrier between
-//! them). GPU time from timestamp queries where the adapter has them (the
-//! wall clock of flush + wait otherwise, which also counts the submit).
+//! them), unfused and fused at flush. GPU time from timestamp queries where the adapter has
+//! them (the wall clock of flush + wait otherwise, which also counts the submit).
 //!
 //! cargo bench --bench kernels [-- --quick]
 
@@ -113,20 +113,25 @@ fn main() -> wmvl::Result<()> {
         "tiny dispatch               {:>9.2} µs/launch ({clock} clock)",
         s * 1e6
     );
-    // Dependent dispatches: each reads the previous one's output (a barrier between them).
-    for len in [1usize, 4096] {
-        let x = gpu.full(len, 1, 1.0)?;
-        let (s, clock) = time(&gpu, reps, trials, &|| {
-            let mut y = x.clone();
-            for _ in 0..reps {
-                y = gpu.affine(&y, 0.5, 1.0)?;
-            }
-            Ok(vec![y])
-        })?;
-        println!(
-            "dependent chain n={len:<5}     {:>9.2} µs/launch ({clock} clock)",
-            s * 1e6
-        );
+    // Dependent dispatches: each reads the previous one's output (a barrier between them),
+    // on a device that runs each op as its own kernel; then the same chain fused at flush
+    // (`src/gpu/fuse.rs`: up to 14 affine maps per kernel, the parameter block's limit).
+    let plain = Gpu::new()?.without_fusion();
+    for (dev, what) in [(&plain, "dependent chain"), (&gpu, "fused chain    ")] {
+        for len in [1usize, 4096] {
+            let x = dev.full(len, 1, 1.0)?;
+            let (s, clock) = time(dev, reps, trials, &|| {
+                let mut y = x.clone();
+                for _ in 0..reps {
+                    y = dev.affine(&y, 0.5, 1.0)?;
+                }
+                Ok(vec![y])
+            })?;
+            println!(
+                "{what} n={len:<5}     {:>9.2} µs/op     ({clock} clock)",
+                s * 1e6
+            );
+        }
     }
     let t = Instant::now();
     let n = 50;

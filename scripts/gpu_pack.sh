@@ -16,6 +16,9 @@ cp "$shared"/bench/*.py scripts/bench.py .gpu/
 cargo build --release --bin wmvl --example mvl_step --example vae_step --example table1_vae --example table2_wae
 cp target/release/wmvl target/release/examples/mvl_step target/release/examples/vae_step target/release/examples/table1_vae \
     target/release/examples/table2_wae .gpu/bin/
+# The kernel benchmark (matmul GFLOP/s up to n = 4096 on a GPU).
+exe=$(cargo bench --no-run --bench kernels 2>&1 | grep -o "target/release/deps/kernels-[0-9a-f]*" | tail -1)
+cp "$exe" .gpu/bin/b_kernels
 # The suites that need no files beyond the repository (which travels with the call).
 for t in fused kernels gradients ais vae wae lenet fid_mnist; do
     exe=$(cargo test --release --no-run --test "$t" 2>&1 | grep -o "target/release/deps/$t-[0-9a-f]*" | tail -1)
