@@ -7,8 +7,10 @@
 //! scheduler does, the queue fuses them — lazily, when the pending list is submitted, below
 //! the tape: its rules (and their second and third orders) are unchanged.
 //!
-//! A chain is a run of consecutive elementwise dispatches (same elements, same vec4 form)
-//! in which each one reads the output of an earlier one elementwise. The fused kernel loads
+//! A chain is a run of elementwise dispatches (same elements, same vec4 form) in which each
+//! one reads the output of an earlier one elementwise; it may reach past up to `LOOKAHEAD`
+//! other dispatches for its next member, which then runs before them where that changes no
+//! value (`independent`). The fused kernel takes the first member's place. It loads
 //! each outside input once, keeps the intermediate values in registers, and stores every
 //! output that anything may still read: the last one, and any other whose buffer is held
 //! outside the pending list (a tensor the caller keeps) or read by a pending dispatch
