@@ -1,6 +1,7 @@
 //! Optimisers (SPEC §7): RMSProp with TensorFlow-1 semantics (the reference's, default),
-//! RMSProp with PyTorch semantics, and Adam. One in-place GPU kernel launch per parameter
-//! tensor (`shaders/optim.wgsl`); [`Optimizer::reference_step`] is the f64 CPU twin.
+//! RMSProp with PyTorch semantics, and Adam. One in-place GPU kernel launch for all parameter
+//! tensors (`src/gpu/optim_all.rs`; one per tensor, `shaders/optim.wgsl`, where the adapter
+//! binds too few buffers); [`Optimizer::reference_step`] is the f64 CPU twin.
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -160,6 +161,11 @@ impl Optimizer {
         }
         self.t += 1;
         let (code, f, bc) = self.rule.kernel_args(self.lr, self.t);
+        // One dispatch for all tensors where the adapter binds enough buffers; else one each.
+        let packed = (&self.packed.0, &self.packed.1);
+        if gpu.update_all(code, f, bc, grads, params, packed, &self.state)? {
+            return Ok(());
+        }
         for ((p, g), (s1, s2)) in params.iter().zip(grads).zip(&self.state) {
             gpu.update_in_place(code, f, bc, g, p, s1, s2)?;
         }

@@ -43,8 +43,11 @@ fn gradient(r: &mut Pcg64, n: usize) -> Vec<f32> {
 }
 
 fn read(t: &Tensor) -> Vec<f64> {
-    gpu()
-        .read(t)
+    read_on(gpu(), t)
+}
+
+fn read_on(gpu: &Gpu, t: &Tensor) -> Vec<f64> {
+    gpu.read(t)
         .expect("read")
         .into_iter()
         .map(f64::from)
@@ -65,9 +68,20 @@ fn rel_err(got: &[f64], want: &[f64], scale: &[f64]) -> f64 {
 /// Run `steps` GPU steps of `rule` on three parameter tensors of awkward shapes with fresh
 /// random gradients, checking parameters and state against the f64 reference after each.
 fn check_rule(rule: Rule, lr: f32, steps: u32, seed: u64) -> Result<f64> {
-    let gpu = gpu();
+    check_rule_on(gpu(), &[(7, 5), (1, 300), (33, 1)], rule, lr, steps, seed)
+}
+
+/// `check_rule` on a given device and parameter shapes.
+fn check_rule_on(
+    gpu: &Gpu,
+    shapes: &[(usize, usize)],
+    rule: Rule,
+    lr: f32,
+    steps: u32,
+    seed: u64,
+) -> Result<f64> {
+    let read = |t: &Tensor| read_on(gpu, t);
     let mut r = Pcg64::seed_from_u64(seed);
-    let shapes = [(7, 5), (1, 300), (33, 1)];
     // θ₀ = 0: no rule's update depends on θ, and starting at 0 makes θ_t the displacement
     // itself, so f32 rounds it relative to its own size (not to an offset |θ₀| ≫ lr).
     let init: Vec<Vec<f32>> = shapes.iter().map(|&(a, b)| vec![0.0; a * b]).collect();
@@ -288,5 +302,46 @@ fn bad_input_is_an_error() -> Result<()> {
     assert_eq!(Rule::from_name("rmsprop-tf")?, Rule::RMSPROP_TF);
     assert_eq!(Rule::from_name("rmsprop-torch")?, Rule::RMSPROP_TORCH);
     assert_eq!(Rule::from_name("adam")?, Rule::ADAM);
+    Ok(())
+}
+
+/// On the GPU kernel family one dispatch updates every tensor (`src/gpu/optim_all.rs`;
+/// lavapipe runs it here through `Gpu::with_barrier_free(false)`), with the values of the f64
+/// reference for every rule, on tensors of whole vec4s and on awkward ones.
+#[test]
+fn one_dispatch_updates_every_tensor_on_the_gpu_family() -> Result<()> {
+    let gpu = Gpu::with_barrier_free(false)?;
+    let rules = [
+        Rule::RMSPROP_TF,
+        Rule::RMSPROP_TORCH,
+        Rule::ADAM,
+        Rule::RmsPropTf {
+            decay: 0.9,
+            momentum: 0.9,
+            eps: 1e-10,
+        },
+    ];
+    let vec4: &[(usize, usize)] = &[(4, 8), (1, 12), (16, 16)];
+    let awkward: &[(usize, usize)] = &[(7, 5), (1, 300), (33, 1)];
+    for (i, rule) in rules.iter().enumerate() {
+        for shapes in [vec4, awkward] {
+            check_rule_on(&gpu, shapes, *rule, 0.05, 5, 2000 + i as u64)?;
+        }
+    }
+    // One step of four tensors: one dispatch.
+    let params: Vec<Tensor> = [(4, 8), (1, 12), (16, 16), (7, 5)]
+        .iter()
+        .map(|&(a, b)| gpu.upload(a, b, &vec![0.5; a * b]))
+        .collect::<Result<_>>()?;
+    let grads: Vec<Tensor> = params
+        .iter()
+        .map(|p| gpu.upload(p.shape().0, p.shape().1, &vec![0.25; p.len()]))
+        .collect::<Result<_>>()?;
+    let mut opt = Optimizer::new(&gpu, Rule::ADAM, 0.01, &params)?;
+    gpu.sync()?;
+    let before = gpu.dispatches_submitted();
+    opt.step(&gpu, &params, &grads)?;
+    gpu.sync()?;
+    assert_eq!(gpu.dispatches_submitted() - before, 1);
     Ok(())
 }

@@ -736,7 +736,7 @@ impl Gpu {
     }
 
     /// Append a dispatch to the pending list, flushing when it grows past `MAX_PENDING`.
-    fn push(&self, dispatch: Dispatch) -> Result<()> {
+    pub(crate) fn push(&self, dispatch: Dispatch) -> Result<()> {
         let n = {
             let mut pending = self
                 .pending

@@ -17,6 +17,7 @@ mod fuse;
 pub mod launch;
 mod matmul_cpu;
 mod ops;
+mod optim_all;
 pub mod pool;
 
 pub use launch::{CustomBindings, CustomKernel, CustomLayout};

@@ -22,7 +22,7 @@ const GPU_MIN_CHUNK: usize = 64;
 
 impl Gpu {
     /// Workgroup grid for `threads` invocations of a 256-wide 1-D kernel (2-D when large).
-    fn grid(&self, threads: usize) -> [u32; 3] {
+    pub(crate) fn grid(&self, threads: usize) -> [u32; 3] {
         let groups = threads.div_ceil(256).max(1) as u64;
         let max = self.report.limits.max_compute_workgroups_per_dimension as u64;
         if groups <= max {
