@@ -192,3 +192,39 @@ fn update_all(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     s.push_str("}\n");
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::gpu::{Gpu, Tensor};
+    use crate::optim::{Optimizer, Rule};
+
+    /// Parameters that are windows of one packed buffer (as the fused step keeps a model's):
+    /// the same buffer bound once per tensor, read-write, in one dispatch.
+    #[test]
+    fn parameters_packed_in_one_buffer() {
+        let gpu = Gpu::with_barrier_free(false).unwrap();
+        let shapes = [(4, 8), (1, 12), (16, 16)];
+        let (offsets, total) = gpu.packed_layout(&shapes);
+        let theta = gpu.upload(1, total, &vec![0.0; total]).unwrap();
+        let views: Vec<Tensor> = shapes
+            .iter()
+            .zip(&offsets)
+            .map(|(&(a, b), &at)| theta.view(at, a, b).unwrap())
+            .collect();
+        let grads: Vec<Tensor> = shapes
+            .iter()
+            .map(|&(a, b)| gpu.upload(a, b, &vec![1.0; a * b]).unwrap())
+            .collect();
+        let mut opt = Optimizer::new(&gpu, Rule::ADAM, 0.01, &views).unwrap();
+        gpu.sync().unwrap();
+        let before = gpu.dispatches_submitted();
+        opt.step(&gpu, &views, &grads).unwrap();
+        gpu.sync().unwrap();
+        assert_eq!(gpu.dispatches_submitted() - before, 1);
+        for v in &views {
+            // Adam's first step moves every entry by lr·sign(g).
+            let got = gpu.read(v).unwrap();
+            assert!(got.iter().all(|&x| (x + 0.01).abs() < 1e-6), "{got:?}");
+        }
+    }
+}
