@@ -39,6 +39,23 @@ pub(crate) const PARAM_BYTES: usize = 128;
 pub(crate) type ParamBlock = [u32; PARAM_BYTES / 4];
 
 impl Params {
+    /// The optimiser kernels' block (`shaders/optim.wgsl`): n invocations' worth, the rule's
+    /// code and hyper-parameters, the bias corrections as f32 bits in u0 and u1.
+    pub(crate) fn update(n: usize, code: u32, f: [f32; 4], bias_corrections: [f32; 2]) -> Params {
+        Params {
+            n: n as u32,
+            code,
+            u: [
+                bias_corrections[0].to_bits(),
+                bias_corrections[1].to_bits(),
+                0,
+                0,
+            ],
+            f,
+            ..Default::default()
+        }
+    }
+
     pub(crate) fn block(&self) -> ParamBlock {
         let mut b = [0u32; PARAM_BYTES / 4];
         b[..16].copy_from_slice(bytemuck::cast_slice(bytemuck::bytes_of(self)));
@@ -128,35 +145,35 @@ impl Kernel {
             ExpandCol4 => (elementwise4, "expand_col4"),
             MatMul => (include_str!("../../shaders/matmul.wgsl"), "matmul"),
             MatMulDirect => (include_str!("../../shaders/matmul.wgsl"), "matmul_direct"),
-            MatMulLanes => lanes(Layout::Scalar {
+            MatMulLanes => lanes_source(Layout::Scalar {
                 rows: 32,
                 wide: true,
             }),
-            MatMulLanes32x8 => lanes(Layout::Scalar {
+            MatMulLanes32x8 => lanes_source(Layout::Scalar {
                 rows: 32,
                 wide: false,
             }),
-            MatMulLanes8x32 => lanes(Layout::Scalar {
+            MatMulLanes8x32 => lanes_source(Layout::Scalar {
                 rows: 8,
                 wide: true,
             }),
-            MatMulLanes8x8 => lanes(Layout::Scalar {
+            MatMulLanes8x8 => lanes_source(Layout::Scalar {
                 rows: 8,
                 wide: false,
             }),
-            MatMulLanesNN => lanes(Layout::Vec4 {
+            MatMulLanesNN => lanes_source(Layout::Vec4 {
                 ta: false,
                 tb: false,
             }),
-            MatMulLanesNT => lanes(Layout::Vec4 {
+            MatMulLanesNT => lanes_source(Layout::Vec4 {
                 ta: false,
                 tb: true,
             }),
-            MatMulLanesTN => lanes(Layout::Vec4 {
+            MatMulLanesTN => lanes_source(Layout::Vec4 {
                 ta: true,
                 tb: false,
             }),
-            MatMulLanesTT => lanes(Layout::Vec4 { ta: true, tb: true }),
+            MatMulLanesTT => lanes_source(Layout::Vec4 { ta: true, tb: true }),
             ReduceThread => (reduce, "reduce_thread"),
             ReduceGroup => (reduce, "reduce_group"),
             ReduceRows4 => (include_str!("../../shaders/reduce4.wgsl"), "reduce_rows4"),
@@ -247,7 +264,7 @@ impl Kernel {
 }
 
 /// The generated source of a subgroup product, made once per process.
-fn lanes(layout: Layout) -> (&'static str, &'static str) {
+fn lanes_source(layout: Layout) -> (&'static str, &'static str) {
     static SOURCES: [OnceLock<String>; 8] = [const { OnceLock::new() }; 8];
     let slot = match layout {
         Layout::Scalar { rows, wide } => 2 * (rows == 8) as usize + wide as usize,

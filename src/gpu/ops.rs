@@ -169,18 +169,7 @@ impl Gpu {
                 s2.shape()
             )));
         }
-        let params = Params {
-            n: n as u32,
-            code,
-            u: [
-                bias_corrections[0].to_bits(),
-                bias_corrections[1].to_bits(),
-                0,
-                0,
-            ],
-            f,
-            ..Default::default()
-        };
+        let params = Params::update(n, code, f, bias_corrections);
         if n == 0 {
             return Ok(());
         }

@@ -54,10 +54,12 @@ impl Gpu {
         // in them, at the same offset in both).
         let mut offsets = Vec::with_capacity(t);
         for (k, (v1, v2)) in views.iter().enumerate() {
-            let inside = |v: &Tensor, s: &Tensor| {
-                v.buf.id == s.buf.id && v.offset >= s.offset && v.offset == v2.offset
-            };
-            if !inside(v1, state.0) || !inside(v2, state.1) || v1.shape() != params[k].shape() {
+            let inside = |v: &Tensor, s: &Tensor| v.buf.id == s.buf.id && v.offset >= s.offset;
+            if !inside(v1, state.0)
+                || !inside(v2, state.1)
+                || v1.offset - state.0.offset != v2.offset - state.1.offset
+                || v1.shape() != params[k].shape()
+            {
                 return Err(Error::Shape(format!(
                     "optimiser state {k} is not a view of the packed state of its parameter"
                 )));
@@ -71,26 +73,16 @@ impl Gpu {
         // updates is uniform across its workgroup.
         let threads: usize = sizes.iter().map(|n| (n / w).next_multiple_of(256)).sum();
         let source = source(&sizes, &offsets, vec4);
+        // Gradients read; the two state buffers and the parameters written.
         let mut read_only = vec![true; t];
-        read_only.extend([false; 2].iter().chain(&vec![false; t]));
+        read_only.extend(std::iter::repeat_n(false, t + 2));
         let layout = self.shared_layout(&read_only)?;
         let kernel = self.cached_kernel(&layout, &source, "update all", "update_all")?;
         let mut buffers: Vec<Binding> = grads.iter().map(|g| g.binding()).collect();
         buffers.push(state.0.binding());
         buffers.push(state.1.binding());
         buffers.extend(params.iter().map(|p| p.binding()));
-        let params_block = Params {
-            n: threads as u32,
-            code,
-            u: [
-                bias_corrections[0].to_bits(),
-                bias_corrections[1].to_bits(),
-                0,
-                0,
-            ],
-            f,
-            ..Default::default()
-        };
+        let params_block = Params::update(threads, code, f, bias_corrections);
         if threads > 0 {
             self.push(Dispatch {
                 pipe: Pipe::Custom(kernel),
@@ -141,27 +133,21 @@ fn source(sizes: &[usize], offsets: &[usize], vec4: bool) -> String {
                 "opt_step(p.code, g.{c}, x.{c}, m.{c}, v.{c}, f, bitcast<f32>(p.u0), bitcast<f32>(p.u1))"
             )
         };
-        let (load, body) = if vec4 {
-            (
-                "",
-                format!(
+        let body = if vec4 {
+            format!(
                     "        let r0 = {};\n        let r1 = {};\n        let r2 = {};\n        let r3 = {};\n        p{k}[i] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);\n        s1[{at}] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);\n        if (keep) {{ s2[{at}] = vec4<f32>(r0.z, r1.z, r2.z, r3.z); }}\n",
                     one("x"),
                     one("y"),
                     one("z"),
-                    one("w")
-                ),
+                one("w")
             )
         } else {
-            (
-                "",
-                format!(
-                    "        let r = opt_step(p.code, g, x, m, v, f, bitcast<f32>(p.u0), bitcast<f32>(p.u1));\n        p{k}[i] = r.x;\n        s1[{at}] = r.y;\n        if (keep) {{ s2[{at}] = r.z; }}\n"
-                ),
+            format!(
+                "        let r = opt_step(p.code, g, x, m, v, f, bitcast<f32>(p.u0), bitcast<f32>(p.u1));\n        p{k}[i] = r.x;\n        s1[{at}] = r.y;\n        if (keep) {{ s2[{at}] = r.z; }}\n"
             )
         };
         format!(
-            "{load}        let g = g{k}[i];\n        let x = p{k}[i];\n        let m = s1[{at}];\n        var v = {ty}(0.0);\n        if (keep) {{ v = s2[{at}]; }}\n{body}"
+            "        let g = g{k}[i];\n        let x = p{k}[i];\n        let m = s1[{at}];\n        var v = {ty}(0.0);\n        if (keep) {{ v = s2[{at}]; }}\n{body}"
         )
     };
     let _ = writeln!(
