@@ -27,3 +27,10 @@ const WG: u32 = 256u;
 fn linear_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.y * nwg.x * WG + gid.x;
 }
+
+// Words of a recording's step counter (src/gpu/replay.rs, `ctl`), read by the kernels of a
+// replayed step: the training step (u64, for the draws) and the steps replayed since the
+// recording was made (for the optimiser's t).
+const CTL_STEP_LO: u32 = 0u;
+const CTL_STEP_HI: u32 = 1u;
+const CTL_REPLAYED: u32 = 2u;

@@ -88,3 +88,21 @@ fn fun(code: u32, k: u32, x: f32) -> f32 {
     }
 }
 
+// tanh(x) with small relative error also for tiny |x| (x − tanh's ulp-level absolute
+// accuracy near 0 is not enough: the fused kernels' differences divide by ε).
+fn tanh_acc(x: f32) -> f32 {
+    let a = abs(x);
+    if (a < 0.25) {
+        let y = x * x;
+        return x * (1.0 + y * (-0.33333333 + y * (0.13333333 + y * (-0.053968254 + y * 0.021869489))));
+    }
+    let e = exp(-2.0 * a);
+    return sign(x) * (1.0 - e) / (1.0 + e);
+}
+
+// e^h − 1 = 2t/(1 − t), t = tanh(h/2): accurate for small |h| (WGSL has no expm1).
+fn expm1_acc(h: f32) -> f32 {
+    if (abs(h) > 0.5) { return exp(h) - 1.0; }
+    let t = tanh_acc(0.5 * h);
+    return 2.0 * t / (1.0 - t);
+}

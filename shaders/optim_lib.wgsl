@@ -8,6 +8,13 @@
 // Whether the rule reads and writes s2. RMSProp without momentum does not: its buffer would
 // be overwritten every step and never read (it stays at its initial 0), which saves two of
 // the update's seven memory accesses per element.
+// Adam's bias correction 1/(1 − βᵗ) at step t (1-based) from ln β, without the cancellation
+// of 1 − exp(t ln β) for β near 1: on the device where t comes from a counter (fused steps,
+// replayed steps); elsewhere the host computes it in f64.
+fn bias_correction(t: u32, log_beta: f32) -> f32 {
+    return -1.0 / expm1_acc(f32(t) * log_beta);
+}
+
 fn keeps_s2(code: u32, f: vec4<f32>) -> bool {
     return code == 2u || f.w != 0.0;
 }

@@ -2,14 +2,20 @@
 // counter (t, u0, u1, 0) and key (u2, u3): 4 uniforms, 4 normals by Box–Muller (code 1) or
 // 4 row indices below p.rows (code 2), or 4 Bernoulli draws 1{u < a[i]} with probabilities
 // from input a (code 3: binarising images afresh on the device).
+// In a replayed step (a_rows = 1, src/gpu/replay.rs) the counter is (t, a_cols, step) with
+// a_cols the draw's place in the step and the step from the recording's counter `ctl`, its
+// top bit set: no replayed block equals an ordinary one (whose last word is 0).
 @group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> ctl: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size(256)
 fn random(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let t = linear_id(gid, nwg);
     if (t * 4u >= p.n) { return; }
-    let r = philox(vec4<u32>(t, p.u0, p.u1, 0u), vec2<u32>(p.u2, p.u3));
+    let replayed = vec4<u32>(t, p.a_cols, ctl[CTL_STEP_LO], ctl[CTL_STEP_HI] | 0x80000000u);
+    let ctr = select(vec4<u32>(t, p.u0, p.u1, 0u), replayed, p.a_rows == 1u);
+    let r = philox(ctr, vec2<u32>(p.u2, p.u3));
     if (p.code == 2u) {
         // Row indices in 0..p.rows: ⌊x · rows / 2³²⌋, stored as u32 bits.
         for (var l = 0u; l < 4u; l++) {

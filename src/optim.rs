@@ -162,12 +162,17 @@ impl Optimizer {
         self.t += 1;
         let (code, f, bc) = self.rule.kernel_args(self.lr, self.t);
         // One dispatch for all tensors where the adapter binds enough buffers; else one each.
+        // (Not in a recorded step with Adam: its bias corrections come from the recording's
+        // counter, which only the per-tensor kernel reads.)
         let packed = (&self.packed.0, &self.packed.1);
-        if gpu.update_all(code, f, bc, grads, params, packed, &self.state)? {
+        let adam = matches!(self.rule, Rule::Adam { .. });
+        if !(adam && gpu.is_recording())
+            && gpu.update_all(code, f, bc, grads, params, packed, &self.state)?
+        {
             return Ok(());
         }
         for ((p, g), (s1, s2)) in params.iter().zip(grads).zip(&self.state) {
-            gpu.update_in_place(code, f, bc, g, p, s1, s2)?;
+            gpu.update_in_place(code, f, bc, self.t, g, p, s1, s2)?;
         }
         Ok(())
     }

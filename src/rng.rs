@@ -58,13 +58,43 @@ pub(crate) fn words(seed: u64, stream: u64) -> [u32; 4] {
     ]
 }
 
+/// Which Philox blocks a draw takes: block t of draw (seed, stream) is counter
+/// (t, stream, 0) under key seed; in a replayed step (`gpu::Recording`) the draw at place j
+/// of training step s is counter (t, j, s with its top bit set) under its seed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrawName {
+    Stream { seed: u64, stream: u64 },
+    Replayed { seed: u64, place: u32, step: u64 },
+}
+
+impl DrawName {
+    /// Philox block t of this draw.
+    fn block(&self, t: u32) -> [u32; 4] {
+        match *self {
+            DrawName::Stream { seed, stream } => {
+                let w = words(seed, stream);
+                philox4x32([t, w[0], w[1], 0], [w[2], w[3]])
+            }
+            DrawName::Replayed { seed, place, step } => {
+                let w = words(seed, 0);
+                let hi = (step >> 32) as u32 | 0x8000_0000;
+                philox4x32([t, place, step as u32, hi], [w[2], w[3]])
+            }
+        }
+    }
+}
+
 /// The `n` numbers of draw (seed, stream) in f64, computed as the GPU computes them
 /// (uniform bits identical; the normal transform in f64).
 pub fn reference_draw(n: usize, dist: Dist, seed: u64, stream: u64) -> Vec<f64> {
-    let w = words(seed, stream);
+    reference_draw_of(n, dist, DrawName::Stream { seed, stream })
+}
+
+/// [`reference_draw`] for any [`DrawName`].
+pub fn reference_draw_of(n: usize, dist: Dist, name: DrawName) -> Vec<f64> {
     let mut out = Vec::with_capacity(n + 3);
     for t in 0..n.div_ceil(4) {
-        let r = philox4x32([t as u32, w[0], w[1], 0], [w[2], w[3]]);
+        let r = name.block(t as u32);
         let u = r.map(|x| to_unit(x) as f64);
         match dist {
             Dist::Uniform { lo, hi } => {
@@ -89,11 +119,14 @@ pub fn reference_draw(n: usize, dist: Dist, seed: u64, stream: u64) -> Vec<f64> 
 
 /// The `len` row indices in 0..bound of draw (seed, stream), as the GPU makes them.
 pub fn reference_index(len: usize, bound: u32, seed: u64, stream: u64) -> Vec<u32> {
-    let w = words(seed, stream);
+    reference_index_of(len, bound, DrawName::Stream { seed, stream })
+}
+
+/// [`reference_index`] for any [`DrawName`].
+pub fn reference_index_of(len: usize, bound: u32, name: DrawName) -> Vec<u32> {
     let mut out = Vec::with_capacity(len + 3);
     for t in 0..len.div_ceil(4) {
-        let r = philox4x32([t as u32, w[0], w[1], 0], [w[2], w[3]]);
-        out.extend(r.map(|x| mulhilo(x, bound).0));
+        out.extend(name.block(t as u32).map(|x| mulhilo(x, bound).0));
     }
     out.truncate(len);
     out

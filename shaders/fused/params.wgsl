@@ -125,8 +125,8 @@ fn update_at(e: u32, parts: u32, scal_slots: u32) {
     var bc1 = 1.0;
     var bc2 = 1.0;
     if (M.opt == 2u) {
-        bc1 = -1.0 / expm1_acc(f32(t1) * st.log_beta1);
-        bc2 = -1.0 / expm1_acc(f32(t1) * st.log_beta2);
+        bc1 = bias_correction(t1, st.log_beta1);
+        bc2 = bias_correction(t1, st.log_beta2);
     }
     let f = vec4<f32>(lr, st.rho, st.opt_eps, st.f3);
     let keep = keeps_s2(M.opt, f);

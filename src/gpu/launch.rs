@@ -109,9 +109,11 @@ pub(crate) enum Kernel {
     /// Optimiser step; with Update4 the only kernels with the `update` binding layout.
     Update,
     Update4,
+    /// The end of a replayed step: the recording's counter advances (`shaders/replay.wgsl`).
+    Advance,
 }
 
-pub(crate) const KERNELS: usize = 37;
+pub(crate) const KERNELS: usize = 38;
 
 impl Kernel {
     fn source(self) -> (&'static str, &'static str) {
@@ -193,6 +195,7 @@ impl Kernel {
             ),
             Update => (
                 concat!(
+                    include_str!("../../shaders/functions.wgsl"),
                     include_str!("../../shaders/optim_lib.wgsl"),
                     include_str!("../../shaders/optim.wgsl")
                 ),
@@ -200,15 +203,18 @@ impl Kernel {
             ),
             Update4 => (
                 concat!(
+                    include_str!("../../shaders/functions.wgsl"),
                     include_str!("../../shaders/optim_lib.wgsl"),
                     include_str!("../../shaders/optim4.wgsl")
                 ),
                 "update4",
             ),
+            Advance => (include_str!("../../shaders/replay.wgsl"), "advance"),
         }
     }
 
-    /// Bind group layout: 0 = (in, in, out), 1 = (grad; param, state, state read_write).
+    /// Bind group layout: 0 = (in, in, out), 1 = (grad; param, state, state read_write;
+    /// the recording's counter, read by replayed steps).
     fn layout(self) -> usize {
         match self {
             Kernel::Update | Kernel::Update4 => 1,
@@ -411,7 +417,7 @@ fn make_layout(
 impl Launcher {
     pub fn new(device: &wgpu::Device, limits: &wgpu::Limits) -> Launcher {
         let (l0, p0) = make_layout(device, &[true, true, false]);
-        let (l1, p1) = make_layout(device, &[true, false, false, false]);
+        let (l1, p1) = make_layout(device, &[true, false, false, false, true]);
         let param_stride =
             (limits.min_uniform_buffer_offset_alignment as u64).max(PARAM_BYTES as u64);
         let params_buf = device.create_buffer(&wgpu::BufferDescriptor {
@@ -436,7 +442,7 @@ impl Launcher {
 }
 
 impl Gpu {
-    fn pipeline(&self, k: Kernel) -> &wgpu::ComputePipeline {
+    pub(crate) fn pipeline(&self, k: Kernel) -> &wgpu::ComputePipeline {
         self.launcher.pipelines[k as usize].get_or_init(|| {
             let (src, entry) = k.source();
             let code = format!("{}\n{}", include_str!("../../shaders/common.wgsl"), src);
@@ -708,6 +714,22 @@ impl Gpu {
         Ok(group)
     }
 
+    /// The bind groups of the dispatches that do not bring their own, in order (cached).
+    pub(crate) fn bind_groups(&self, list: &[Dispatch]) -> Result<Vec<Arc<wgpu::BindGroup>>> {
+        list.iter()
+            .filter_map(|d| match &d.bind {
+                Bind::Buffers { layout, buffers } => {
+                    Some(self.bind_group(*layout, &self.launcher.layouts[*layout], buffers))
+                }
+                // Keyed by the layout's address (built-in layouts are 0 and 1).
+                Bind::Custom { layout, buffers } => {
+                    Some(self.bind_group(Arc::as_ptr(layout) as usize, &layout.bind, buffers))
+                }
+                Bind::Prebuilt(_) => None,
+            })
+            .collect()
+    }
+
     /// Record one built-in dispatch on (inputs..., output); runs at the next flush.
     pub(crate) fn record(
         &self,
@@ -752,7 +774,8 @@ impl Gpu {
         })
     }
 
-    /// Append a dispatch to the pending list, flushing when it grows past `MAX_PENDING`.
+    /// Append a dispatch to the pending list, flushing when it grows past `MAX_PENDING`
+    /// (while a step is being recorded, refusing instead: a recording is one submission).
     pub(crate) fn push(&self, dispatch: Dispatch) -> Result<()> {
         let n = {
             let mut pending = self
@@ -762,6 +785,12 @@ impl Gpu {
             pending.push(dispatch);
             pending.len()
         };
+        if n >= MAX_PENDING && self.is_recording() {
+            return Err(Error::Invalid(format!(
+                "a recorded step holds at most {} dispatches; replay a smaller step (fewer layers or sub-batches)",
+                MAX_PENDING - 1
+            )));
+        }
         if n >= MAX_PENDING {
             self.flush()?;
         }
@@ -840,6 +869,13 @@ impl Gpu {
             .submitting
             .lock()
             .map_err(|_| Error::Gpu("submit lock poisoned".into()))?;
+        // Reads, writes and syncs all come through here: none may happen inside a step being
+        // recorded, whose host work runs once while its dispatches run at every replay.
+        if self.is_recording() {
+            return Err(Error::Invalid(
+                "this step needs the host while it is being recorded (it reads, writes or waits for the device): a recorded step must run on the device alone; run it step by step instead".into(),
+            ));
+        }
         let list = {
             let mut pending = self
                 .pending
@@ -868,19 +904,7 @@ impl Gpu {
         self.queue
             .write_buffer(&self.launcher.params_buf, 0, &bytes);
 
-        let groups: Vec<Arc<wgpu::BindGroup>> = list
-            .iter()
-            .filter_map(|d| match &d.bind {
-                Bind::Buffers { layout, buffers } => {
-                    Some(self.bind_group(*layout, &self.launcher.layouts[*layout], buffers))
-                }
-                // Keyed by the layout's address (built-in layouts are 0 and 1).
-                Bind::Custom { layout, buffers } => {
-                    Some(self.bind_group(Arc::as_ptr(layout) as usize, &layout.bind, buffers))
-                }
-                Bind::Prebuilt(_) => None,
-            })
-            .collect::<Result<_>>()?;
+        let groups = self.bind_groups(&list)?;
         let queries = match timing {
             Timing::None => 0,
             Timing::Pass => 2,

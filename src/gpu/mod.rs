@@ -19,9 +19,11 @@ mod matmul_cpu;
 mod ops;
 mod optim_all;
 pub mod pool;
+mod replay;
 
 pub use launch::{CustomBindings, CustomKernel, CustomLayout};
 pub use pool::{Index, Tensor};
+pub use replay::Recording;
 
 use launch::{Dispatch, Launcher};
 use pool::{Pool, PooledBuffer};
@@ -140,6 +142,8 @@ pub struct Gpu {
     fuse: bool,
     /// Fused kernels may use the subgroup matmul core (see [`Gpu::subgroup_core`]).
     subgroup_core: bool,
+    /// Set while a step is being recorded ([`Gpu::record_step`]).
+    pub(crate) recording: Mutex<Option<replay::Recorder>>,
 }
 
 /// The backends `WGPU_BACKEND` names (comma-separated), or the primary ones when unset.
@@ -334,6 +338,7 @@ impl Gpu {
                 None => info.device_type == wgpu::DeviceType::Cpu,
             }),
             fuse: fusion_from_env()?,
+            recording: Mutex::new(None),
         };
         gpu.check()?;
         Ok(gpu)

@@ -144,13 +144,15 @@ impl Gpu {
         })
     }
 
-    /// One optimiser step on one parameter, in place (see `shaders/optim.wgsl`).
+    /// One optimiser step on one parameter, in place (see `shaders/optim.wgsl`): step `t`
+    /// (1-based), whose bias corrections the host computed.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn update_in_place(
         &self,
         code: u32,
         f: [f32; 4],
         bias_corrections: [f32; 2],
+        t: u32,
         grad: &Tensor,
         param: &Tensor,
         s1: &Tensor,
@@ -169,7 +171,8 @@ impl Gpu {
                 s2.shape()
             )));
         }
-        let params = Params::update(n, code, f, bias_corrections);
+        let mut params = Params::update(n, code, f, bias_corrections);
+        let ctl = self.replay_update(&mut params, t)?;
         if n == 0 {
             return Ok(());
         }
@@ -181,7 +184,13 @@ impl Gpu {
         self.record_bindings(
             kernel,
             params,
-            vec![grad.binding(), param.binding(), s1.binding(), s2.binding()],
+            vec![
+                grad.binding(),
+                param.binding(),
+                s1.binding(),
+                s2.binding(),
+                ctl,
+            ],
             self.grid(threads),
         )
     }
@@ -289,17 +298,18 @@ impl Gpu {
     pub fn bernoulli(&self, probs: &Tensor, seed: u64, stream: u64) -> Result<Tensor> {
         let n = probs.len();
         let out = self.empty(probs.rows, probs.cols)?;
-        let params = Params {
+        let mut params = Params {
             n: n as u32,
             code: 3,
             u: words(seed, stream),
             ..Default::default()
         };
+        let ctl = self.replay_draw(&mut params)?;
         if n > 0 {
             self.record(
                 Kernel::Random,
                 params,
-                [Some(probs.binding()), None],
+                [Some(probs.binding()), ctl],
                 out.binding(),
                 self.grid(n.div_ceil(4)),
             )?;
@@ -320,18 +330,19 @@ impl Gpu {
             bound: bound as u32,
         };
         let w = words(seed, stream);
-        let params = Params {
+        let mut params = Params {
             n: len as u32,
             code: 2,
             rows: bound as u32,
             u: w,
             ..Default::default()
         };
+        let ctl = self.replay_draw(&mut params)?;
         if len > 0 {
             self.record(
                 Kernel::Random,
                 params,
-                [None, None],
+                [None, ctl],
                 idx.binding(),
                 self.grid(len.div_ceil(4)),
             )?;
@@ -621,18 +632,19 @@ impl RandomFill for Gpu {
         };
         let n = rows * cols;
         let out = self.empty(rows, cols)?;
-        let params = Params {
+        let mut params = Params {
             n: n as u32,
             code,
             u: w,
             f: [f0, f1, 0.0, 0.0],
             ..Default::default()
         };
+        let ctl = self.replay_draw(&mut params)?;
         if n > 0 {
             self.record(
                 Kernel::Random,
                 params,
-                [None, None],
+                [None, ctl],
                 out.binding(),
                 self.grid(n.div_ceil(4)),
             )?;

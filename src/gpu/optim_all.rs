@@ -104,6 +104,7 @@ fn source(sizes: &[usize], offsets: &[usize], vec4: bool) -> String {
     let w = if vec4 { 4 } else { 1 };
     let mut s = String::new();
     s.push_str(include_str!("../../shaders/common.wgsl"));
+    s.push_str(include_str!("../../shaders/functions.wgsl"));
     s.push_str(include_str!("../../shaders/optim_lib.wgsl"));
     for k in 0..t {
         let _ = writeln!(
