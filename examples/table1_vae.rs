@@ -177,16 +177,34 @@ fn run_cell(gpu: &Gpu, o: &Opts, cfg: &VaeConfig, train: &DeviceImages, test: &[
     };
     let before = held_out(&mut vae)?;
     let explicit = cfg.posterior == Posterior::Explicit;
+    let recorded = if (cfg.posterior, cfg.latent) == (Posterior::Explicit, Latent::Euclidean) {
+        let (b, seed) = (cfg.batch, cfg.seed ^ 0xba7c);
+        Some(vae.record_steps(|gpu| train.batch(gpu, b, seed, 0, true))?)
+    } else {
+        None
+    };
     let (_, train_s) =
         common::train_cell(&name, vae.steps_done, o.steps, o.train_seconds, |cell| {
-            let (done, log) = match cell {
+            let (done, count, log) = match cell {
                 Cell::Save => return Ok(vae.save(&ck, &[]).map(|_| String::new())?),
-                Cell::Step { done, log } => (done, log),
+                Cell::Steps { done, count, log } => (done, count, log),
             };
-            // A minibatch of training digits drawn and binarised afresh on the device, from
-            // (seed, step) only so that a resumed run sees the same batches.
-            let x = train.batch(gpu, cfg.batch, cfg.seed ^ 0xba7c, done as u64, true)?;
-            let stats = vae.record_step(&x)?;
+            // Minibatches of training digits drawn and binarised afresh on the device.
+            // Explicit Gaussian cells replay one recorded step (batches and noise from the
+            // step number); the others build each step, on batches from (seed, step). Both
+            // only from the step, so that a resumed run sees the same batches.
+            let stats = match &recorded {
+                Some(r) => vae.replay(r, count as u32)?,
+                None => {
+                    let mut stats = None;
+                    for step in done..done + count {
+                        let x =
+                            train.batch(gpu, cfg.batch, cfg.seed ^ 0xba7c, step as u64, true)?;
+                        stats = Some(vae.record_step(&x)?);
+                    }
+                    stats.ok_or("train_cell asked for no steps")?
+                }
+            };
             if !log {
                 return Ok(String::new());
             }

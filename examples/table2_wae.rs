@@ -158,14 +158,18 @@ fn run_cell(
     let fid_before = scorer.fid(&wae.samples(n, FID_STREAM)?, n)?;
     let (steps, train_s) =
         common::train_cell(&name, wae.steps_done, o.steps, o.train_seconds, |cell| {
-            let (done, log) = match cell {
+            let (done, count, log) = match cell {
                 Cell::Save => return Ok(wae.save(&ck).map(|_| String::new())?),
-                Cell::Step { done, log } => (done, log),
+                Cell::Steps { done, count, log } => (done, count, log),
             };
-            // A minibatch of training digits (grey levels) drawn on the device, from
+            // Minibatches of training digits (grey levels) drawn on the device, from
             // (seed, step) only so that a resumed run sees the same batches.
-            let x = train.batch(gpu, cfg.batch, cfg.seed ^ 0xbad9e, done as u64, false)?;
-            let stats = wae.record_step(&x)?;
+            let mut stats = None;
+            for step in done..done + count {
+                let x = train.batch(gpu, cfg.batch, cfg.seed ^ 0xbad9e, step as u64, false)?;
+                stats = Some(wae.record_step(&x)?);
+            }
+            let stats = stats.ok_or("train_cell asked for no steps")?;
             if !log {
                 return Ok(String::new());
             }

@@ -5,12 +5,15 @@
 //! binary batch on the device (the timing does not depend on the digits).
 //!
 //! cargo run --release --example vae_step -- [--nz 8] [--steps 200] [--warmup 20]
-//!     [--chunk 10] [--profile]
+//!     [--chunk 10] [--modes tape,replay] [--profile]
 //!
 //! Prints the peers' line format
-//!     wmvl <device> tape vae nz=<n_z> B=128 step_us=<median µs per step> loss=<last −ELBO>
-//! then the dispatches per step and the GPU memory held; with `--profile` (and an adapter
-//! with timestamp queries) one step's GPU time by kernel, largest first.
+//!     wmvl <device> <mode> vae nz=<n_z> B=128 step_us=<median µs per step> loss=<last −ELBO>
+//! for mode `tape` (the step built on the tape every step, `chunk` steps per wait) and
+//! `tape-replay` (the same step recorded once, `Vae::record_steps`, and replayed `chunk`
+//! times per submission), then the dispatches per step and the GPU memory held; with
+//! `--profile` (and an adapter with timestamp queries) one step's GPU time by kernel, largest
+//! first.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -33,6 +36,13 @@ fn run(args: &[String]) -> wmvl::Result<()> {
     let warmup: usize = arg(args, "--warmup", 20);
     let chunk: usize = arg::<usize>(args, "--chunk", 10).max(1);
     let profile = args.iter().any(|a| a == "--profile");
+    let modes_arg: String = arg(args, "--modes", "tape,replay".to_string());
+    let modes: Vec<&str> = modes_arg.split(',').collect();
+    if let Some(bad) = modes.iter().find(|m| !["tape", "replay"].contains(m)) {
+        return Err(wmvl::Error::Invalid(format!(
+            "--modes {bad:?}: use tape (built every step), replay (recorded once) or both, comma-separated"
+        )));
+    }
     let gpu = Gpu::new()?;
     let cfg = VaeConfig::paper(nz, Latent::Euclidean, Posterior::Explicit);
     let (b, pixels) = (cfg.batch, cfg.pixels);
@@ -57,29 +67,52 @@ fn run(args: &[String]) -> wmvl::Result<()> {
     let recorded = gpu.pending_dispatches();
     gpu.sync()?;
     let per_step = gpu.dispatches_submitted() - before;
-    let mut times = Vec::new();
-    let mut loss = f64::NAN;
-    for _ in 0..(steps / chunk).max(3) {
-        let t0 = Instant::now();
-        let mut stats = None;
-        for _ in 0..chunk {
-            stats = Some(vae.record_step(&x)?);
-        }
-        // One wait per chunk: reading the last step's scalars waits for the whole chunk.
-        if let Some(t) = &stats {
-            let s = vae.read_stats(t)?;
-            loss = s.reconstruction + s.kl_or_prior;
-        }
-        times.push(t0.elapsed().as_secs_f64() / chunk as f64);
-    }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    // Median seconds per step over chunks of `chunk` steps, one wait per chunk (reading the
+    // last step's scalars waits for the whole chunk), and the last loss.
+    let time =
+        |vae: &mut Vae, step: &mut dyn FnMut(&mut Vae) -> wmvl::Result<[wmvl::gpu::Tensor; 3]>| {
+            let mut times = Vec::new();
+            let mut loss = f64::NAN;
+            for _ in 0..(steps / chunk).max(3) {
+                let t0 = Instant::now();
+                let stats = step(vae)?;
+                let s = vae.read_stats(&stats)?;
+                loss = s.reconstruction + s.kl_or_prior;
+                times.push(t0.elapsed().as_secs_f64() / chunk as f64);
+            }
+            times.sort_by(f64::total_cmp);
+            wmvl::Result::Ok((times[times.len() / 2], loss))
+        };
     let name = gpu.report().name.replace(' ', "_");
-    println!(
-        "wmvl {name} tape vae nz={nz} B={b} step_us={:.1} loss={loss:.4}",
-        median * 1e6
-    );
-    println!("    {per_step} dispatches per step ({recorded} recorded), {chunk} steps per wait");
+    if modes.contains(&"tape") {
+        let (median, loss) = time(&mut vae, &mut |v| {
+            let mut stats = None;
+            for _ in 0..chunk {
+                stats = Some(v.record_step(&x)?);
+            }
+            Ok(stats.expect("chunk ≥ 1"))
+        })?;
+        println!(
+            "wmvl {name} tape vae nz={nz} B={b} step_us={:.1} loss={loss:.4}",
+            median * 1e6
+        );
+        println!(
+            "    {per_step} dispatches per step ({recorded} recorded), {chunk} steps per wait"
+        );
+    }
+    if modes.contains(&"replay") {
+        // The same step recorded once and replayed `chunk` times per submission.
+        let rec = vae.record_steps(|_| Ok(x.clone()))?;
+        let (median, loss) = time(&mut vae, &mut |v| v.replay(&rec, chunk as u32))?;
+        println!(
+            "wmvl {name} tape-replay vae nz={nz} B={b} step_us={:.1} loss={loss:.4}",
+            median * 1e6
+        );
+        println!(
+            "    {} dispatches per step, recorded once; {chunk} steps per submission and wait",
+            rec.dispatches()
+        );
+    }
     println!(
         "    GPU memory held: {:.1} MiB (model, optimiser state, batch, pooled intermediates)",
         gpu.allocated_bytes() as f64 / (1 << 20) as f64

@@ -425,3 +425,90 @@ fn bernoulli_likelihood_and_priors_match_their_formulas_in_f64() {
         "{ls:?} vs {want}"
     );
 }
+
+#[test]
+fn recorded_vae_steps_learn_replay_in_any_chunks_and_resume() {
+    use wmvl::mnist::DeviceImages;
+    use wmvl::vae::{Latent, Posterior, Vae};
+    let g = gpu();
+    let cfg = tiny(Posterior::Explicit, Latent::Euclidean);
+    let pool = DeviceImages {
+        images: g.upload(512, 16, &patterns(512, 5)).unwrap(),
+        rows: 512,
+        pixels: 16,
+    };
+    let held = g.upload(256, 16, &patterns(256, 99)).unwrap();
+    let params = |v: &Vae| {
+        let mut p = v.encoder.params();
+        p.extend(v.decoder.params());
+        p.iter()
+            .flat_map(|t| g.read(t).unwrap())
+            .collect::<Vec<f32>>()
+    };
+    // Trains `chunks` steps by replay from a fresh model; returns it.
+    let train = |chunks: &[u32]| {
+        let mut vae = Vae::new(g, cfg.clone()).unwrap();
+        let rec = vae
+            .record_steps(|g| pool.batch(g, cfg.batch, 7, 0, false))
+            .unwrap();
+        assert_eq!(
+            (vae.steps_done, params(&vae)),
+            (0, params(&Vae::new(g, cfg.clone()).unwrap())),
+            "recording runs nothing"
+        );
+        for &k in chunks {
+            vae.replay(&rec, k).unwrap();
+        }
+        vae
+    };
+    let mut one = train(&[60]);
+    let many = train(&[1, 9, 20, 30]);
+    assert_eq!(one.steps_done, 60);
+    assert_eq!(
+        params(&one),
+        params(&many),
+        "the same steps whatever the chunks"
+    );
+    let before = {
+        let mut fresh = Vae::new(g, cfg.clone()).unwrap();
+        let s = fresh.evaluate(&held).unwrap();
+        s.reconstruction + s.kl_or_prior
+    };
+    let s = one.evaluate(&held).unwrap();
+    assert!(
+        s.reconstruction + s.kl_or_prior < before - 1.0,
+        "held-out loss {before:.2} → {:.2}",
+        s.reconstruction + s.kl_or_prior
+    );
+    // Resumed from a checkpoint at step 60 and recorded again: the same steps 61.. as the
+    // run that kept its recording.
+    let dir = std::env::temp_dir().join(format!("wmvl-vae-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cell.safetensors");
+    many.save(&path, &[]).unwrap();
+    let (mut back, _) = Vae::load(g, &path).unwrap();
+    let rec = back
+        .record_steps(|g| pool.batch(g, cfg.batch, 7, 0, false))
+        .unwrap();
+    back.replay(&rec, 5).unwrap();
+    let rec_one = one
+        .record_steps(|g| pool.batch(g, cfg.batch, 7, 0, false))
+        .unwrap();
+    one.replay(&rec_one, 5).unwrap();
+    assert_eq!(params(&back), params(&one), "resumed replay");
+    std::fs::remove_dir_all(&dir).ok();
+    // A step taken outside the recording, and cells that cannot be recorded, are refused.
+    one.record_step(&held.clone()).ok();
+    assert!(one.replay(&rec_one, 1).is_err());
+    for (posterior, latent) in [
+        (Posterior::Explicit, Latent::Sphere),
+        (Posterior::Implicit, Latent::Euclidean),
+    ] {
+        let mut v = Vae::new(g, tiny(posterior, latent)).unwrap();
+        match v.record_steps(|g| pool.batch(g, 64, 7, 0, false)) {
+            Err(wmvl::Error::Invalid(m)) => assert!(m.contains("only explicit Gaussian"), "{m}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("recorded a {posterior:?} {latent:?} step"),
+        }
+    }
+}

@@ -201,11 +201,20 @@ pub fn riemannian_fisher<'g>(
 
 /// What [`train_cell`] asks of a cell's model.
 pub enum Cell {
-    /// Take training step `done + 1`; when `log`, return the progress line's detail (losses).
-    Step { done: usize, log: bool },
+    /// Take training steps `done + 1 ..= done + count` (a cell may submit them together);
+    /// when `log`, return the progress line's detail (losses after the last).
+    Steps {
+        done: usize,
+        count: usize,
+        log: bool,
+    },
     /// Write the checkpoint.
     Save,
 }
+
+/// Steps [`train_cell`] asks for at most at once: enough to keep the device busy between
+/// the host's checks, few enough that `--train-seconds` stops on time.
+pub const STEPS_PER_CALL: usize = 20;
 
 /// Trains one table cell from step `start` up to `target` through `model` (see [`Cell`]),
 /// saving every 1 000 steps, at the end, and when `seconds` of training have run out — a
@@ -227,9 +236,19 @@ pub fn train_cell(
             println!("  {name}: --train-seconds {seconds} reached at step {done} of {target}; checkpointed");
             break;
         }
-        let log = (done + 1).is_multiple_of(log_every) || done + 1 == target;
-        let detail = model(Cell::Step { done, log })?;
-        done += 1;
+        // Up to the next progress line, checkpoint or the end.
+        let next = |every: usize| (done / every + 1) * every;
+        let end = (done + STEPS_PER_CALL)
+            .min(next(log_every))
+            .min(next(1000))
+            .min(target);
+        let log = end.is_multiple_of(log_every) || end == target;
+        let detail = model(Cell::Steps {
+            done,
+            count: end - done,
+            log,
+        })?;
+        done = end;
         if log {
             let p = wmvl::progress::Progress {
                 what: "train",

@@ -14,7 +14,7 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{Gpu, Recording, Tensor};
 use crate::manifold::sphere_chart_form;
 use crate::model::{Arch, Bound, HostParams, Init, Model};
 use crate::objective::{estimate, Config, Energy, Objective};
@@ -88,6 +88,20 @@ pub struct Vae<'g> {
     pub steps_done: usize,
     /// The conditional energy's fused MVL step (built at the first step: None on the tape).
     energy_fused: GivenCache<'g>,
+}
+
+/// A VAE training step recorded once and replayed ([`Vae::record_steps`]).
+pub struct RecordedSteps {
+    rec: Recording<[Tensor; 3]>,
+    /// The optimiser's t when the step was recorded (replays continue from it).
+    t0: u32,
+}
+
+impl RecordedSteps {
+    /// Dispatches per replayed step.
+    pub fn dispatches(&self) -> usize {
+        self.rec.dispatches()
+    }
 }
 
 /// Rows scaled to unit norm (the sphere's encoders).
@@ -263,6 +277,48 @@ impl<'g> Vae<'g> {
                 None => zero()?,
             },
         ])
+    }
+
+    /// One training step recorded for replaying ([`Vae::replay`]), on the batch that `batch`
+    /// makes on the device (e.g. [`crate::mnist::DeviceImages::batch`]): nothing runs, and the
+    /// model, optimiser and step count stay as they are. Explicit Gaussian cells only, refused
+    /// before any work for the others: the vMF sampler's rejection loop runs on the host, and
+    /// the implicit cells' energy step is the fused one, which keeps its own counter.
+    pub fn record_steps(
+        &mut self,
+        batch: impl FnOnce(&'g Gpu) -> Result<Tensor>,
+    ) -> Result<RecordedSteps> {
+        if (self.cfg.posterior, self.cfg.latent) != (Posterior::Explicit, Latent::Euclidean) {
+            return Err(Error::Invalid(format!(
+                "{}: only explicit Gaussian VAEs replay recorded steps (the vMF sampler needs the host, implicit encoders train their energy on the fused step); train this cell with record_step",
+                self.cfg.name()
+            )));
+        }
+        let (t0, done, rng) = (self.opt.t, self.steps_done, self.rng.clone());
+        let gpu = self.gpu;
+        let rec = gpu.record_step(|| {
+            let x = batch(gpu)?;
+            self.record_step(&x)
+        });
+        // The build ran nothing: its host counters go back.
+        (self.opt.t, self.steps_done, self.rng) = (t0, done, rng);
+        Ok(RecordedSteps { rec: rec?, t0 })
+    }
+
+    /// `steps` training steps of a recording in one submission (does not wait): steps
+    /// `steps_done + 1 ..`, each drawing its batch and noise from its own step number (so a
+    /// resumed run, recorded again, sees the same numbers). Returns the stats of the last
+    /// (device scalars, as [`Vae::record_step`]'s).
+    pub fn replay(&mut self, r: &RecordedSteps, steps: u32) -> Result<[Tensor; 3]> {
+        if self.opt.t != r.t0 + r.rec.replayed() as u32 {
+            return Err(Error::Invalid(
+                "the VAE took steps outside this recording since it was made; record the step again".into(),
+            ));
+        }
+        r.rec.replay(self.gpu, self.steps_done as u64, steps)?;
+        self.steps_done += steps as usize;
+        self.opt.t += steps;
+        Ok(r.rec.value().clone())
     }
 
     /// One MVL step (Riemannian on the sphere) of the conditional energy on z ~ q(z|x).
