@@ -1,18 +1,10 @@
 // optim.wgsl's update, four elements per invocation (tensors of a length that is a multiple
-// of 4; same bindings and fields, p.n counts elements; `corrections` is optim.wgsl's). See
+// of 4; same bindings and fields, p.n counts elements; per-step arguments from optim_args.wgsl). See
 // elementwise4.wgsl for why.
 @group(0) @binding(1) var<storage, read> grad: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> s1: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> s2: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> ctl: array<u32>;
-
-fn corrections() -> vec2<f32> {
-    let t = p.a_cols + ctl[CTL_REPLAYED];
-    let replayed = vec2<f32>(bias_correction(t, bitcast<f32>(p.u2)), bias_correction(t, bitcast<f32>(p.u3)));
-    return select(vec2<f32>(bitcast<f32>(p.u0), bitcast<f32>(p.u1)), replayed, p.a_rows == 1u);
-}
-
 @compute @workgroup_size(256)
 fn update4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_id(gid, nwg);
@@ -20,7 +12,7 @@ fn update4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     let g = grad[i];
     let x = param[i];
     let m = s1[i];
-    let f = vec4<f32>(p.f0, p.f1, p.f2, p.f3);
+    let f = vec4<f32>(rate(), p.f1, p.f2, p.f3);
     let keep = keeps_s2(p.code, f);
     var v = vec4<f32>(0.0);
     if (keep) { v = s2[i]; }

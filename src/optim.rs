@@ -86,6 +86,10 @@ impl Rule {
 pub struct Optimizer {
     pub rule: Rule,
     pub lr: f32,
+    /// The learning rate's change per step in a recorded step's replays (`gpu::Recording`):
+    /// replayed step k after the recorded one steps at `lr + k · lr_slope`. Steps built one
+    /// by one use `lr` as set (their caller moves it).
+    pub lr_slope: f32,
     /// Steps taken so far.
     pub t: u32,
     state: Vec<(Tensor, Tensor)>,
@@ -113,6 +117,7 @@ impl Optimizer {
         Ok(Optimizer {
             rule,
             lr,
+            lr_slope: 0.0,
             t: 0,
             state,
             packed,
@@ -162,17 +167,19 @@ impl Optimizer {
         self.t += 1;
         let (code, f, bc) = self.rule.kernel_args(self.lr, self.t);
         // One dispatch for all tensors where the adapter binds enough buffers; else one each.
-        // (Not in a recorded step with Adam: its bias corrections come from the recording's
-        // counter, which only the per-tensor kernel reads.)
+        // (Not in a recorded step whose arguments change between steps: Adam's bias
+        // corrections and a moving rate come from the recording's counter, which only the
+        // per-tensor kernel reads.)
         let packed = (&self.packed.0, &self.packed.1);
-        let adam = matches!(self.rule, Rule::Adam { .. });
-        if !(adam && gpu.is_recording())
+        let moving = matches!(self.rule, Rule::Adam { .. }) || self.lr_slope != 0.0;
+        if !(moving && gpu.is_recording())
             && gpu.update_all(code, f, bc, grads, params, packed, &self.state)?
         {
             return Ok(());
         }
+        let step = (self.t, self.lr_slope);
         for ((p, g), (s1, s2)) in params.iter().zip(grads).zip(&self.state) {
-            gpu.update_in_place(code, f, bc, self.t, g, p, s1, s2)?;
+            gpu.update_in_place(code, f, bc, step, g, p, s1, s2)?;
         }
         Ok(())
     }

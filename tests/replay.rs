@@ -87,25 +87,26 @@ impl Problem {
 fn replayed_steps_equal_steps_built_on_the_tape() {
     let _one = serial();
     let g = gpu();
-    for rule in [
-        Rule::RMSPROP_TF,
-        Rule::Adam {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-        },
-    ] {
-        // Seven steps built on the tape, one submission each.
+    let adam = Rule::Adam {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+    };
+    // (rule, the learning rate's change per step): a decaying rate moves on the device too.
+    for (rule, slope) in [(Rule::RMSPROP_TF, 0.0), (adam, 0.0), (Rule::RMSPROP_TF, -1e-3)] {
+        // Seven steps built on the tape, one submission each, the rate set before each.
         let built = Problem::new(3);
         let mut opt = Optimizer::new(g, rule, 1e-2, &built.params).unwrap();
-        for _ in 0..7 {
+        for k in 0..7 {
+            opt.lr = 1e-2 + slope * k as f32;
             built.step(&mut opt, None).unwrap();
         }
         let want = built.read();
         // The same from the same start: recorded once, replayed 3 + 4 times.
         let replayed = Problem::new(3);
         let mut opt = Optimizer::new(g, rule, 1e-2, &replayed.params).unwrap();
-        let rec = g.record_step(|| replayed.step(&mut opt, None)).unwrap();
+        opt.lr_slope = slope;
+        let rec = g.record_step(0, || replayed.step(&mut opt, None)).unwrap();
         assert_eq!(opt.t, 1, "the build is the first step");
         let (groups, submitted) = (g.bind_groups_created(), g.dispatches_submitted());
         rec.replay(g, 0, 3).unwrap();
@@ -140,18 +141,18 @@ fn replayed_steps_equal_steps_built_on_the_tape() {
                 match rule {
                     // Nothing in these steps depends on the step number: the same kernels
                     // on the same buffers give the same bits.
-                    Rule::RmsPropTf { .. } => {
+                    Rule::RmsPropTf { .. } if slope == 0.0 => {
                         assert_eq!(
                             a.to_bits(),
                             b.to_bits(),
-                            "{rule:?} tensor {k}[{i}]: {a} vs {b}"
+                            "{rule:?} (slope {slope}) tensor {k}[{i}]: {a} vs {b}"
                         )
                     }
                     // Adam's bias corrections on the device (f32, from t) against the
                     // host's (f64, rounded): a few ulps in the step size.
                     _ => assert!(
                         (a - b).abs() <= 1e-5 * b.abs().max(1e-2),
-                        "{rule:?} tensor {k}[{i}]: {a} vs {b}"
+                        "{rule:?} (slope {slope}) tensor {k}[{i}]: {a} vs {b}"
                     ),
                 }
             }
@@ -172,7 +173,7 @@ fn a_replayed_step_draws_the_reference_numbers_of_its_step() {
         .upload(3, 10, &(0..30).map(|i| i as f32 / 29.0).collect::<Vec<_>>())
         .unwrap();
     let rec = g
-        .record_step(|| {
+        .record_step(41, || {
             let z = g.random(5, 7, Dist::STANDARD_NORMAL, seed, 11)?;
             let idx = g.random_index(9, 1000, seed, 12)?;
             let bits = g.bernoulli(&probs, seed, 13)?;
@@ -237,7 +238,7 @@ fn draws_of_a_replayed_step_differ_between_steps_and_follow_the_step_number() {
     let run = |chunks: &[u32]| {
         let p = Problem::new(9);
         let mut opt = Optimizer::new(g, Rule::RMSPROP_TF, 1e-2, &p.params).unwrap();
-        let rec = g.record_step(|| p.step(&mut opt, Some((77, 1)))).unwrap();
+        let rec = g.record_step(100, || p.step(&mut opt, Some((77, 1)))).unwrap();
         let mut step = 100;
         for &k in chunks {
             rec.replay(g, step, k).unwrap();
@@ -255,9 +256,11 @@ fn draws_of_a_replayed_step_differ_between_steps_and_follow_the_step_number() {
     // Starting at another step number is another noise sequence: other parameters.
     let p = Problem::new(9);
     let mut opt = Optimizer::new(g, Rule::RMSPROP_TF, 1e-2, &p.params).unwrap();
-    let rec = g.record_step(|| p.step(&mut opt, Some((77, 1)))).unwrap();
+    let rec = g.record_step(100, || p.step(&mut opt, Some((77, 1)))).unwrap();
     rec.replay(g, 5000, 4).unwrap();
     assert_ne!(p.read(), a);
+    // Steps before the recorded one are not its to replay.
+    assert!(matches!(rec.replay(g, 99, 1), Err(Error::Invalid(_))));
 }
 
 fn invalid(r: Result<impl Sized>) -> String {
@@ -275,23 +278,46 @@ fn host_work_inside_a_recorded_step_is_refused_and_nothing_runs() {
     let x = g.upload(2, 4, &[1.0; 8]).unwrap();
     let target = g.upload(2, 4, &[5.0; 8]).unwrap();
     // A read inside the step (as the vMF sampler's κ readback would be).
-    let m = invalid(g.record_step(|| {
+    let m = invalid(g.record_step(0, || {
         g.copy_into(&x, &target)?;
         g.read(&target)
     }));
     assert!(m.contains("needs the host"), "{m}");
     // A write (host data every step) and a wait.
-    let m = invalid(g.record_step(|| g.overwrite(&target, &[2.0; 8])));
+    let m = invalid(g.record_step(0, || g.overwrite(&target, &[2.0; 8])));
     assert!(m.contains("needs the host"), "{m}");
-    let m = invalid(g.record_step(|| g.sync()));
+    let m = invalid(g.record_step(0, || g.sync()));
     assert!(m.contains("needs the host"), "{m}");
     // Nothing was run: the copy recorded before the read was dropped with the recording.
     assert_eq!(g.read(&target).unwrap(), vec![5.0; 8]);
     // A step with no kernels, and a recording inside a recording.
-    assert!(invalid(g.record_step(|| Ok(()))).contains("launched no kernels"));
-    let m = invalid(g.record_step(|| g.record_step(|| g.copy_into(&x, &target))));
-    assert!(m.contains("already being recorded"), "{m}");
+    assert!(invalid(g.record_step(0, || Ok(()))).contains("launched no kernels"));
+    let m = invalid(g.record_step(0, || g.record_step(0, || g.copy_into(&x, &target))));
+    assert!(m.contains("already recording"), "{m}");
     // The device works as before.
     g.copy_into(&x, &target).unwrap();
     assert_eq!(g.read(&target).unwrap(), vec![1.0; 8]);
+}
+
+#[test]
+fn other_threads_work_as_usual_while_one_records() {
+    let _one = serial();
+    let g = gpu();
+    let x = g.upload(2, 4, &[1.0; 8]).unwrap();
+    let y = g.upload(2, 4, &[0.0; 8]).unwrap();
+    let rec = std::thread::scope(|s| {
+        g.record_step(0, || {
+            // Inside this recording, another thread copies and reads: its work is its own,
+            // runs now, and is not part of the recording.
+            s.spawn(|| {
+                g.copy_into(&x, &y).unwrap();
+                assert_eq!(g.read(&y).unwrap(), vec![1.0; 8]);
+            })
+            .join()
+            .unwrap();
+            g.random(2, 4, Dist::STANDARD_NORMAL, 1, 1)
+        })
+        .unwrap()
+    });
+    assert_eq!(rec.dispatches(), 2, "the draw and the counter's advance only");
 }

@@ -197,6 +197,7 @@ impl Kernel {
                 concat!(
                     include_str!("../../shaders/functions.wgsl"),
                     include_str!("../../shaders/optim_lib.wgsl"),
+                    include_str!("../../shaders/optim_args.wgsl"),
                     include_str!("../../shaders/optim.wgsl")
                 ),
                 "update",
@@ -205,6 +206,7 @@ impl Kernel {
                 concat!(
                     include_str!("../../shaders/functions.wgsl"),
                     include_str!("../../shaders/optim_lib.wgsl"),
+                    include_str!("../../shaders/optim_args.wgsl"),
                     include_str!("../../shaders/optim4.wgsl")
                 ),
                 "update4",
@@ -774,9 +776,20 @@ impl Gpu {
         })
     }
 
-    /// Append a dispatch to the pending list, flushing when it grows past `MAX_PENDING`
-    /// (while a step is being recorded, refusing instead: a recording is one submission).
+    /// Append a dispatch to the pending list, flushing when it grows past `MAX_PENDING` (or,
+    /// on a thread recording a step, to its recording, refusing past that: a recording is one
+    /// submission).
     pub(crate) fn push(&self, dispatch: Dispatch) -> Result<()> {
+        let dispatch = match self.take_recorded(dispatch)? {
+            Ok(n) if n >= MAX_PENDING => {
+                return Err(Error::Invalid(format!(
+                    "a recorded step holds at most {} dispatches; record a smaller step (fewer layers or sub-batches)",
+                    MAX_PENDING - 1
+                )))
+            }
+            Ok(_) => return Ok(()),
+            Err(d) => d,
+        };
         let n = {
             let mut pending = self
                 .pending
@@ -785,12 +798,6 @@ impl Gpu {
             pending.push(dispatch);
             pending.len()
         };
-        if n >= MAX_PENDING && self.is_recording() {
-            return Err(Error::Invalid(format!(
-                "a recorded step holds at most {} dispatches; replay a smaller step (fewer layers or sub-batches)",
-                MAX_PENDING - 1
-            )));
-        }
         if n >= MAX_PENDING {
             self.flush()?;
         }
@@ -870,7 +877,8 @@ impl Gpu {
             .lock()
             .map_err(|_| Error::Gpu("submit lock poisoned".into()))?;
         // Reads, writes and syncs all come through here: none may happen inside a step being
-        // recorded, whose host work runs once while its dispatches run at every replay.
+        // recorded (on this thread), whose host work runs once while its dispatches run at
+        // every replay.
         if self.is_recording() {
             return Err(Error::Invalid(
                 "this step needs the host while it is being recorded (it reads, writes or waits for the device): a recorded step must run on the device alone; run it step by step instead".into(),

@@ -142,8 +142,8 @@ pub struct Gpu {
     fuse: bool,
     /// Fused kernels may use the subgroup matmul core (see [`Gpu::subgroup_core`]).
     subgroup_core: bool,
-    /// Set while a step is being recorded ([`Gpu::record_step`]).
-    pub(crate) recording: Mutex<Option<replay::Recorder>>,
+    /// The threads recording a step ([`Gpu::record_step`]), one recorder each.
+    pub(crate) recording: Mutex<Vec<replay::Recorder>>,
 }
 
 /// The backends `WGPU_BACKEND` names (comma-separated), or the primary ones when unset.
@@ -338,7 +338,7 @@ impl Gpu {
                 None => info.device_type == wgpu::DeviceType::Cpu,
             }),
             fuse: fusion_from_env()?,
-            recording: Mutex::new(None),
+            recording: Mutex::new(Vec::new()),
         };
         gpu.check()?;
         Ok(gpu)

@@ -144,15 +144,16 @@ impl Gpu {
         })
     }
 
-    /// One optimiser step on one parameter, in place (see `shaders/optim.wgsl`): step `t`
-    /// (1-based), whose bias corrections the host computed.
+    /// One optimiser step on one parameter, in place (see `shaders/optim.wgsl`): step
+    /// (t, 1-based, and the rate's slope in a recording's replays), whose bias corrections
+    /// the host computed.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn update_in_place(
         &self,
         code: u32,
         f: [f32; 4],
         bias_corrections: [f32; 2],
-        t: u32,
+        (t, lr_slope): (u32, f32),
         grad: &Tensor,
         param: &Tensor,
         s1: &Tensor,
@@ -172,7 +173,7 @@ impl Gpu {
             )));
         }
         let mut params = Params::update(n, code, f, bias_corrections);
-        let ctl = self.replay_update(&mut params, t)?;
+        let ctl = self.replay_update(&mut params, t, lr_slope)?;
         if n == 0 {
             return Ok(());
         }

@@ -7,9 +7,9 @@
 //! buffers, parameter blocks and bind groups, and [`Recording::replay`] encodes them K times
 //! into one compute pass. What differs between steps lives on the device, in the recording's
 //! counter `ctl` (words `CTL_*` of `shaders/common.wgsl`): the training step, from which each
-//! Philox draw of the step takes its counter, and the steps replayed so far, from which
-//! Adam's bias corrections take t; the last dispatch of every replayed step advances it
-//! (`shaders/replay.wgsl`). Everything else a step reads is a device buffer it updates
+//! Philox draw of the step takes its counter, and the steps since the recorded one, from
+//! which the optimiser's t (Adam's bias corrections) and a decaying learning rate follow;
+//! the last dispatch of every replayed step advances it (`shaders/replay.wgsl`). Everything else a step reads is a device buffer it updates
 //! itself (parameters, optimiser state, spectral-norm vectors), so replaying K steps is K
 //! steps.
 //!
@@ -21,7 +21,13 @@
 //!
 //! What cannot be recorded is refused while recording: a step that reads, writes or waits
 //! for the device (its host part would run once, not every step), and the fused MVL step
-//! (it keeps its own counter and already runs many steps per submission).
+//! (it keeps its own counter and already runs many steps per submission). A recording
+//! belongs to the thread that makes it: other threads sharing the device go on as usual.
+//!
+//! State a step hands to the next through the host — a tensor the host swaps for a new one
+//! every step, rather than a buffer the step overwrites — would be read from the recorded
+//! buffer at every replay: a step meant for replay keeps its state in place (the VAE's and
+//! the trainer's do).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,15 +43,20 @@ pub(crate) mod ctl {
     /// The training step whose draws a replayed step makes (low and high word).
     pub const STEP_LO: usize = 0;
     pub const STEP_HI: usize = 1;
-    /// Steps replayed since the recording was made: a replayed optimiser step's t is the
-    /// recorded t plus this.
+    /// Steps since the recorded one: a replayed optimiser step's t is the recorded t plus
+    /// this, its learning rate the recorded one plus this times the rate's slope.
     pub const REPLAYED: usize = 2;
     /// Words in the counter (one vec4 of u32).
     pub const WORDS: usize = 4;
 }
 
-/// What the ops consult while a step is being recorded.
+/// What the ops consult while a step is being recorded, one per recording thread: other
+/// threads sharing the device go on as usual (their dispatches go to the pending list, their
+/// reads and flushes are theirs).
 pub(crate) struct Recorder {
+    thread: std::thread::ThreadId,
+    /// The step's dispatches, in order (instead of the shared pending list).
+    list: Vec<Dispatch>,
     ctl: Arc<PooledBuffer>,
     /// The Philox words (stream, seed) of each distinct draw of the step, in order: a draw's
     /// place j. A step that reads one draw twice gets the same numbers twice when replayed.
@@ -60,6 +71,8 @@ pub struct Recording<T> {
     /// The parameter blocks of `list`, at the launcher's stride.
     params: Vec<u8>,
     ctl: Arc<PooledBuffer>,
+    /// The training step the build was (the optimiser's recorded t is that step's).
+    step0: u64,
     replayed: AtomicU64,
     value: T,
 }
@@ -69,95 +82,117 @@ fn ctl_binding(ctl: &Arc<PooledBuffer>) -> Binding {
 }
 
 impl Gpu {
-    /// Whether a step is being recorded (ops then make their draws and optimiser steps read
-    /// the recording's counter, and the host may not touch the device).
+    /// Runs `f` on this thread's recorder, if it is recording a step.
+    fn with_recorder<R>(&self, f: impl FnOnce(Option<&mut Recorder>) -> R) -> Result<R> {
+        let mut all = self
+            .recording
+            .lock()
+            .map_err(|_| Error::Gpu("recording state poisoned".into()))?;
+        let me = std::thread::current().id();
+        Ok(f(all.iter_mut().find(|r| r.thread == me)))
+    }
+
+    /// Whether this thread is recording a step (its ops then make their draws and optimiser
+    /// steps read the recording's counter, and it may not touch the device from the host).
     pub(crate) fn is_recording(&self) -> bool {
-        self.recording.lock().map(|r| r.is_some()).unwrap_or(false)
+        self.with_recorder(|r| r.is_some()).unwrap_or(false)
+    }
+
+    /// Takes a dispatch into this thread's recording; gives it back if there is none.
+    /// Returns the recording's length.
+    pub(crate) fn take_recorded(
+        &self,
+        d: Dispatch,
+    ) -> Result<std::result::Result<usize, Dispatch>> {
+        self.with_recorder(|r| match r {
+            Some(r) => {
+                r.list.push(d);
+                Ok(r.list.len())
+            }
+            None => Err(d),
+        })
     }
 
     /// Inside a recording, turns a Philox dispatch's parameter block (draw words in `u`)
     /// into a replayed draw: its place in the step in `a_cols`, the flag in `a_rows`; returns
     /// the counter to bind at binding 2. Outside one, changes nothing and returns `None`.
     pub(crate) fn replay_draw(&self, params: &mut Params) -> Result<Option<Binding>> {
-        let mut r = self
-            .recording
-            .lock()
-            .map_err(|_| Error::Gpu("recording state poisoned".into()))?;
-        let Some(rec) = r.as_mut() else {
-            return Ok(None);
-        };
-        let j = match rec.draws.iter().position(|w| *w == params.u) {
-            Some(j) => j,
-            None => {
-                rec.draws.push(params.u);
-                rec.draws.len() - 1
-            }
-        };
-        params.a_rows = 1;
-        params.a_cols = j as u32;
-        Ok(Some(ctl_binding(&rec.ctl)))
+        self.with_recorder(|r| {
+            let rec = r?;
+            let j = match rec.draws.iter().position(|w| *w == params.u) {
+                Some(j) => j,
+                None => {
+                    rec.draws.push(params.u);
+                    rec.draws.len() - 1
+                }
+            };
+            params.a_rows = 1;
+            params.a_cols = j as u32;
+            Some(ctl_binding(&rec.ctl))
+        })
     }
 
     /// The counter binding of an optimiser step (`shaders/optim.wgsl`, binding 5): inside a
-    /// recording Adam takes its bias corrections from it (t = the recorded `t` plus the steps
-    /// replayed, ln β₁ and ln β₂ from `f`); RMSProp's step does not change between steps.
-    pub(crate) fn replay_update(&self, params: &mut Params, t: u32) -> Result<Binding> {
-        let r = self
-            .recording
-            .lock()
-            .map_err(|_| Error::Gpu("recording state poisoned".into()))?;
-        let Some(rec) = r.as_ref() else {
+    /// recording the step's t is the recorded `t` plus the steps since the recorded one, and
+    /// so is its learning rate (f0 + `lr_slope` per step); Adam takes its bias corrections
+    /// from that t (ln β₁ and ln β₂ from `f`).
+    pub(crate) fn replay_update(
+        &self,
+        params: &mut Params,
+        t: u32,
+        lr_slope: f32,
+    ) -> Result<Binding> {
+        let Some(ctl) = self.with_recorder(|r| r.map(|r| r.ctl.clone()))? else {
             return Ok((self.dummy.clone(), 0, 16));
         };
+        params.a_rows = 1;
+        params.a_cols = t;
+        params.b_rows = lr_slope.to_bits();
         if params.code == ADAM {
             let ln = |b: f32| ((b as f64).ln() as f32).to_bits();
-            params.a_rows = 1;
-            params.a_cols = t;
             params.u[2] = ln(params.f[1]);
             params.u[3] = ln(params.f[3]);
         }
-        Ok(ctl_binding(&rec.ctl))
+        Ok(ctl_binding(&ctl))
     }
 
-    /// Build a step once for replaying: runs `build`, which records the step's kernels as
-    /// usual (nothing runs), and keeps them, fused, with their buffers and bind groups.
+    /// Build training step `step` (0-based: the optimiser's t after it is the one `build`
+    /// records) once for replaying: runs `build`, which records the step's kernels as usual
+    /// (nothing runs), and keeps them, fused, with their buffers and bind groups.
     /// Work recorded before is submitted first. Refused, with nothing run, where the step
     /// needs the host (a read, write or wait inside `build`), holds a fused MVL step, or
     /// exceeds one submission.
-    pub fn record_step<T>(&self, build: impl FnOnce() -> Result<T>) -> Result<Recording<T>> {
+    pub fn record_step<T>(
+        &self,
+        step: u64,
+        build: impl FnOnce() -> Result<T>,
+    ) -> Result<Recording<T>> {
         if self.is_recording() {
             return Err(Error::Invalid(
-                "a step is already being recorded on this device; record one step at a time".into(),
+                "this thread is already recording a step; record one step at a time".into(),
             ));
         }
         self.flush()?;
         let ctl = self.alloc(4 * ctl::WORDS as u64)?;
-        {
-            let mut r = self
-                .recording
-                .lock()
-                .map_err(|_| Error::Gpu("recording state poisoned".into()))?;
-            if r.is_some() {
-                return Err(Error::Invalid(
-                    "a step is already being recorded on this device; record one step at a time"
-                        .into(),
-                ));
-            }
-            *r = Some(Recorder {
+        let me = std::thread::current().id();
+        self.recording
+            .lock()
+            .map_err(|_| Error::Gpu("recording state poisoned".into()))?
+            .push(Recorder {
+                thread: me,
+                list: Vec::new(),
                 ctl: ctl.clone(),
                 draws: Vec::new(),
             });
-        }
         let built = build();
-        if let Ok(mut r) = self.recording.lock() {
-            *r = None;
-        }
-        let list: Vec<Dispatch> = self
-            .pending
-            .lock()
-            .map_err(|_| Error::Gpu("pending list poisoned".into()))?
-            .drain(..)
-            .collect();
+        let list = {
+            let mut all = self
+                .recording
+                .lock()
+                .map_err(|_| Error::Gpu("recording state poisoned".into()))?;
+            let at = all.iter().position(|r| r.thread == me);
+            at.map(|i| all.swap_remove(i).list).unwrap_or_default()
+        };
         // A failed build leaves nothing behind: its dispatches are dropped unrun.
         let value = built?;
         if list.is_empty() {
@@ -203,6 +238,7 @@ impl Gpu {
             groups,
             params,
             ctl,
+            step0: step,
             replayed: AtomicU64::new(0),
             value,
         })
@@ -229,8 +265,8 @@ impl<T> Recording<T> {
     }
 
     /// Run training steps `step .. step + steps` in one submission (does not wait): the
-    /// draws of each are those of its step number, the optimiser's t continues from the
-    /// recorded one. Work recorded before runs first.
+    /// draws of each are those of its step number, the optimiser's t and learning rate those
+    /// of its distance from the recorded step. Work recorded before runs first.
     pub fn replay(&self, gpu: &Gpu, step: u64, steps: u32) -> Result<()> {
         if steps == 0 {
             return Ok(());
@@ -246,16 +282,17 @@ impl<T> Recording<T> {
                 "a recorded step cannot be replayed while another is being recorded".into(),
             ));
         }
-        let replayed = self.replayed.load(Ordering::Relaxed);
+        let since = step.checked_sub(self.step0).filter(|d| d + (steps as u64) < u32::MAX as u64);
+        let Some(since) = since else {
+            return Err(Error::Invalid(format!(
+                "a step recorded at step {} replays steps {} .. {} + 2³² − 1, not from {step}; record the step again",
+                self.step0, self.step0, self.step0
+            )));
+        };
         let mut words = [0u32; ctl::WORDS];
         words[ctl::STEP_LO] = step as u32;
         words[ctl::STEP_HI] = (step >> 32) as u32;
-        if replayed + steps as u64 > u32::MAX as u64 {
-            return Err(Error::Invalid(
-                "a recording replays at most 2³² − 1 steps; record the step again".into(),
-            ));
-        }
-        words[ctl::REPLAYED] = replayed as u32;
+        words[ctl::REPLAYED] = since as u32;
         // Both land before this submission and after everything submitted earlier.
         gpu.queue
             .write_buffer(self.ctl.raw(), 0, bytemuck::cast_slice(&words));
