@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::fused::{FusedData, FusedMvl, Path, Segment};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{Gpu, Recording, Tensor};
 use crate::model::{HostParams, Model};
 use crate::objective::{self, estimate, Energy, Objective};
 use crate::optim::{Optimizer, Rule};
@@ -391,6 +391,56 @@ impl<'g> Trainer<'g> {
         Ok(est.loss.value())
     }
 
+    /// The tape's training step recorded once for replaying ([`Trainer::replay`]): nothing
+    /// runs and the trainer stays as it is. `None` on the fused path (it runs many steps per
+    /// submission already) and where the step cannot be recorded (it needs the host): such
+    /// runs build every step.
+    pub fn record_steps(&mut self) -> Result<Option<Recording<Tensor>>> {
+        if self.fused.is_some() {
+            return Ok(None);
+        }
+        let gpu = self.gpu;
+        let (t0, done, stream) = (self.opt.t, self.steps_done, self.rng.stream);
+        let (lr, slope) = (self.opt.lr, self.opt.lr_slope);
+        let sn_u = self.model.sn_u.clone();
+        self.opt.lr = self.lr_at(done);
+        self.opt.lr_slope = self.lr_slope();
+        let rec = gpu.record_step(done as u64, || {
+            let loss = self.record_step()?;
+            // The power iteration's new u into the buffers the next step reads (the built
+            // step hands the new tensors to the model instead).
+            for (new, old) in self.model.sn_u.iter().zip(&sn_u) {
+                if let (Some(new), Some(old)) = (new, old) {
+                    gpu.copy_into(new, old)?;
+                }
+            }
+            Ok(loss)
+        });
+        // The build ran nothing: the trainer's host state goes back.
+        self.model.sn_u = sn_u;
+        (self.opt.t, self.steps_done, self.rng.stream) = (t0, done, stream);
+        (self.opt.lr, self.opt.lr_slope) = (lr, slope);
+        match rec {
+            Ok(r) => Ok(Some(r)),
+            Err(Error::Invalid(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `k` training steps of a recording ([`Trainer::record_steps`]) in one submission (does
+    /// not wait); returns the loss of the last. Minibatch rows and noise are the draws of
+    /// each step's number (not those of the host's streams, which move as if the steps had
+    /// been built).
+    pub fn replay(&mut self, rec: &Recording<Tensor>, k: usize) -> Result<Tensor> {
+        let k32 = u32::try_from(k)
+            .map_err(|_| Error::Invalid(format!("{k} steps in one replay; replay fewer")))?;
+        rec.replay(self.gpu, self.steps_done as u64, k32)?;
+        self.steps_done += k;
+        self.opt.t += k32;
+        self.rng.stream += 2 * k as u64;
+        Ok(rec.value().clone())
+    }
+
     fn snapshot(&self) -> Result<Snapshot> {
         let g = self.gpu;
         let all = |ts: &[Tensor]| ts.iter().map(|t| copy(g, t)).collect::<Result<Vec<_>>>();
@@ -448,7 +498,7 @@ impl<'g> Trainer<'g> {
     }
 
     /// Train until `steps_done` reaches `cfg.steps`, early stopping, or `stop` being raised
-    /// (checked every step). `on_event` hears of every loss reading, checkpoint and early stop,
+    /// (checked before every submission of steps: a raised flag takes one more step). `on_event` hears of every loss reading, checkpoint and early stop,
     /// with the trainer (to save it); an error it returns ends the run.
     ///
     /// Divergence — a NaN/Inf loss or held-out value, or |loss| beyond `cfg.diverge_factor`
@@ -472,11 +522,22 @@ impl<'g> Trainer<'g> {
         // step are in the step's ring; a reading checks them all).
         let mut pending: Option<Reading> = None;
         let mut read_to = self.opt.t;
+        // Tape path: the step recorded once and replayed in chunks up to the next step where
+        // something happens (a reading, a checkpoint, a flush, the end).
+        let recorded = self.record_steps()?;
         while self.steps_done < total {
             if self.cfg.lr_final.is_some() {
                 self.opt.lr = self.lr_at(self.steps_done);
             }
-            let loss_t = self.record_step()?;
+            let loss_t = match &recorded {
+                Some(rec) => {
+                    // A raised stop flag takes one step, as the built path does.
+                    let raised = stop.is_some_and(|s| s.load(Ordering::Relaxed));
+                    let k = if raised { 1 } else { self.steps_to_event() };
+                    self.replay(rec, k)?
+                }
+                None => self.record_step()?,
+            };
             let done = self.steps_done;
             params_step = done;
             let stopping = stop.is_some_and(|s| s.load(Ordering::Relaxed));
@@ -584,6 +645,29 @@ impl<'g> Trainer<'g> {
             params_step,
             seconds: start.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Steps from here up to and including the next one at which [`Trainer::run_with`] does
+    /// something besides stepping: a loss reading, held-out value or checkpoint, a flush, the
+    /// first step (its loss sets the divergence scale) or the last.
+    fn steps_to_event(&self) -> usize {
+        if self.first_loss.is_none() {
+            return 1;
+        }
+        let done = self.steps_done;
+        let c = &self.cfg;
+        [
+            c.log_every,
+            c.eval_every,
+            c.checkpoint_every,
+            c.steps_per_submit,
+        ]
+        .iter()
+        .filter(|&&k| k > 0)
+        .map(|&k| (done / k + 1) * k)
+        .chain([c.steps])
+        .min()
+        .map_or(1, |next| next.saturating_sub(done).max(1))
     }
 
     /// Start reading the losses of optimiser steps `from` + 1 ..= now (fused path) without

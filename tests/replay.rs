@@ -93,7 +93,11 @@ fn replayed_steps_equal_steps_built_on_the_tape() {
         eps: 1e-8,
     };
     // (rule, the learning rate's change per step): a decaying rate moves on the device too.
-    for (rule, slope) in [(Rule::RMSPROP_TF, 0.0), (adam, 0.0), (Rule::RMSPROP_TF, -1e-3)] {
+    for (rule, slope) in [
+        (Rule::RMSPROP_TF, 0.0),
+        (adam, 0.0),
+        (Rule::RMSPROP_TF, -1e-3),
+    ] {
         // Seven steps built on the tape, one submission each, the rate set before each.
         let built = Problem::new(3);
         let mut opt = Optimizer::new(g, rule, 1e-2, &built.params).unwrap();
@@ -238,7 +242,9 @@ fn draws_of_a_replayed_step_differ_between_steps_and_follow_the_step_number() {
     let run = |chunks: &[u32]| {
         let p = Problem::new(9);
         let mut opt = Optimizer::new(g, Rule::RMSPROP_TF, 1e-2, &p.params).unwrap();
-        let rec = g.record_step(100, || p.step(&mut opt, Some((77, 1)))).unwrap();
+        let rec = g
+            .record_step(100, || p.step(&mut opt, Some((77, 1))))
+            .unwrap();
         let mut step = 100;
         for &k in chunks {
             rec.replay(g, step, k).unwrap();
@@ -256,7 +262,9 @@ fn draws_of_a_replayed_step_differ_between_steps_and_follow_the_step_number() {
     // Starting at another step number is another noise sequence: other parameters.
     let p = Problem::new(9);
     let mut opt = Optimizer::new(g, Rule::RMSPROP_TF, 1e-2, &p.params).unwrap();
-    let rec = g.record_step(100, || p.step(&mut opt, Some((77, 1)))).unwrap();
+    let rec = g
+        .record_step(100, || p.step(&mut opt, Some((77, 1))))
+        .unwrap();
     rec.replay(g, 5000, 4).unwrap();
     assert_ne!(p.read(), a);
     // Steps before the recorded one are not its to replay.
@@ -319,5 +327,9 @@ fn other_threads_work_as_usual_while_one_records() {
         })
         .unwrap()
     });
-    assert_eq!(rec.dispatches(), 2, "the draw and the counter's advance only");
+    assert_eq!(
+        rec.dispatches(),
+        2,
+        "the draw and the counter's advance only"
+    );
 }

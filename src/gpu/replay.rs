@@ -282,7 +282,9 @@ impl<T> Recording<T> {
                 "a recorded step cannot be replayed while another is being recorded".into(),
             ));
         }
-        let since = step.checked_sub(self.step0).filter(|d| d + (steps as u64) < u32::MAX as u64);
+        let since = step
+            .checked_sub(self.step0)
+            .filter(|d| d + (steps as u64) < u32::MAX as u64);
         let Some(since) = since else {
             return Err(Error::Invalid(format!(
                 "a step recorded at step {} replays steps {} .. {} + 2³² − 1, not from {step}; record the step again",
