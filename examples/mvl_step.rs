@@ -10,7 +10,7 @@
 //! Prints, per configuration, path and shape, the SPEC §10 line
 //!     wmvl <device> <mode> d=<d> h=<h> B=<B> step_us=<median µs per step> loss=<last loss>
 //! (mode: `fused` or `tape` with the default chunk of 10 steps per wait, as the peers' jit
-//! loops; `fused-k<K>` with `--chunk K`; `fused-<shape>` with a forced shape), then the shape,
+//! loops, and after `tape` `tape-replay`, the tape's step recorded once and replayed; `fused-k<K>` with `--chunk K`; `fused-<shape>` with a forced shape), then the shape,
 //! the dispatches per step, the steps per submission and the GPU memory the configuration
 //! holds; with `--profile` (and an adapter with timestamp queries) a per-kernel table of one
 //! step: µs, GFLOP/s of the layer kernels.
@@ -102,6 +102,36 @@ fn run_config(gpu: &Gpu, r: &Run, path: Path, shape: Option<ShapeChoice>) -> wmv
         "wmvl {dev} {mode} d={d} h={h} B={b} step_us={:.1} loss={last:.4}",
         med * 1e6
     );
+    // The tape's step recorded once and replayed `chunk` times per submission (what
+    // `Trainer::run` does on the tape path).
+    if let Some(rec) = tr.record_steps()? {
+        let mut times = Vec::new();
+        let mut loss = None;
+        for _ in 0..(r.steps / chunk).max(3) {
+            let t = Instant::now();
+            loss = Some(tr.replay(&rec, chunk)?);
+            gpu.sync()?;
+            times.push(t.elapsed().as_secs_f64() / chunk as f64);
+        }
+        times.sort_by(f64::total_cmp);
+        let last = match loss {
+            Some(l) => gpu.read(&l)?[0],
+            None => f32::NAN,
+        };
+        let k = if chunk != 10 {
+            format!("-k{chunk}")
+        } else {
+            String::new()
+        };
+        println!(
+            "wmvl {dev} tape-replay{k} d={d} h={h} B={b} step_us={:.1} loss={last:.4}",
+            times[times.len() / 2] * 1e6
+        );
+        println!(
+            "    tape-replay: {} dispatches per step, recorded once",
+            rec.dispatches()
+        );
+    }
     let launches = match tr.fused_launches_per_step() {
         Some(k) => k,
         None => {

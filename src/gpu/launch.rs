@@ -780,15 +780,19 @@ impl Gpu {
     /// on a thread recording a step, to its recording, refusing past that: a recording is one
     /// submission).
     pub(crate) fn push(&self, dispatch: Dispatch) -> Result<()> {
-        let dispatch = match self.take_recorded(dispatch)? {
-            Ok(n) if n >= MAX_PENDING => {
+        let mut slot = Some(dispatch);
+        match self.take_recorded(&mut slot)? {
+            Some(n) if n >= MAX_PENDING => {
                 return Err(Error::Invalid(format!(
                     "a recorded step holds at most {} dispatches; record a smaller step (fewer layers or sub-batches)",
                     MAX_PENDING - 1
                 )))
             }
-            Ok(_) => return Ok(()),
-            Err(d) => d,
+            Some(_) => return Ok(()),
+            None => {}
+        }
+        let Some(dispatch) = slot else {
+            return Ok(());
         };
         let n = {
             let mut pending = self

@@ -98,18 +98,13 @@ impl Gpu {
         self.with_recorder(|r| r.is_some()).unwrap_or(false)
     }
 
-    /// Takes a dispatch into this thread's recording; gives it back if there is none.
-    /// Returns the recording's length.
-    pub(crate) fn take_recorded(
-        &self,
-        d: Dispatch,
-    ) -> Result<std::result::Result<usize, Dispatch>> {
-        self.with_recorder(|r| match r {
-            Some(r) => {
-                r.list.push(d);
-                Ok(r.list.len())
-            }
-            None => Err(d),
+    /// Takes the dispatch into this thread's recording, if it is recording (leaving `None`);
+    /// returns the recording's length then.
+    pub(crate) fn take_recorded(&self, d: &mut Option<Dispatch>) -> Result<Option<usize>> {
+        self.with_recorder(|r| {
+            let r = r?;
+            r.list.extend(d.take());
+            Some(r.list.len())
         })
     }
 
