@@ -156,6 +156,12 @@ fn run_cell(
     let held = gpu.upload(test.len() / cfg.pixels, cfg.pixels, test)?;
     let rec_before = wae.reconstruction(&held)?;
     let fid_before = scorer.fid(&wae.samples(n, FID_STREAM)?, n)?;
+    let (b, seed) = (cfg.batch, cfg.seed ^ 0xbad9e);
+    let recorded = match wae.record_steps(|gpu| train.batch(gpu, b, seed, 0, false)) {
+        Ok(r) => Some(r),
+        Err(wmvl::Error::Invalid(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
     let (steps, train_s) =
         common::train_cell(&name, wae.steps_done, o.steps, o.train_seconds, |cell| {
             let (done, count, log) = match cell {
@@ -164,12 +170,20 @@ fn run_cell(
             };
             // Minibatches of training digits (grey levels) drawn on the device, from
             // (seed, step) only so that a resumed run sees the same batches.
-            let mut stats = None;
-            for step in done..done + count {
-                let x = train.batch(gpu, cfg.batch, cfg.seed ^ 0xbad9e, step as u64, false)?;
-                stats = Some(wae.record_step(&x)?);
-            }
-            let stats = stats.ok_or("train_cell asked for no steps")?;
+            // Cells whose step records (GAN cells; MVL cells on the tape) replay it, with
+            // batches from the step number; the others build each step.
+            let stats = match &recorded {
+                Some(r) => wae.replay(r, count as u32)?,
+                None => {
+                    let mut stats = None;
+                    for step in done..done + count {
+                        let x =
+                            train.batch(gpu, cfg.batch, cfg.seed ^ 0xbad9e, step as u64, false)?;
+                        stats = Some(wae.record_step(&x)?);
+                    }
+                    stats.ok_or("train_cell asked for no steps")?
+                }
+            };
             if !log {
                 return Ok(String::new());
             }

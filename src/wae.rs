@@ -22,7 +22,7 @@ use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::fused::given::{GivenCache, GivenRows};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{Gpu, Recording, Tensor};
 use crate::manifold::sphere_chart_form;
 use crate::model::{Arch, Bound, EnergyKind, HostParams, Init, Model};
 use crate::objective::{estimate, Config, Energy, Objective};
@@ -300,6 +300,42 @@ impl<'g> Wae<'g> {
             value.mean_all()?.value(),
             critic_loss,
         ])
+    }
+
+    /// One training step (critic, then encoder and decoder) recorded for replaying
+    /// ([`Wae::replay`]) on the batch that `batch` makes on the device: nothing runs and the
+    /// model stays as it is. Refused, before any work, where the step cannot be recorded:
+    /// WAE-MVL's critic step on the fused kernels (it keeps its own counter and runs on the
+    /// device already); on the tape every cell records.
+    pub fn record_steps(
+        &mut self,
+        batch: impl FnOnce(&'g Gpu) -> Result<Tensor>,
+    ) -> Result<Recording<[Tensor; 3]>> {
+        let saved = (
+            self.opt.t,
+            self.opt_critic.t,
+            self.steps_done,
+            self.rng.clone(),
+        );
+        let gpu = self.gpu;
+        let rec = gpu.record_step(self.steps_done as u64, || {
+            let x = batch(gpu)?;
+            self.record_step(&x)
+        });
+        // The build ran nothing: its host counters go back.
+        (self.opt.t, self.opt_critic.t, self.steps_done, self.rng) = saved;
+        rec
+    }
+
+    /// `steps` training steps of a recording in one submission (does not wait): steps
+    /// `steps_done + 1 ..`, their batches and noise drawn from their step numbers, the
+    /// optimisers' t from them. Returns the stats of the last (as [`Wae::record_step`]'s).
+    pub fn replay(&mut self, r: &Recording<[Tensor; 3]>, steps: u32) -> Result<[Tensor; 3]> {
+        r.replay(self.gpu, self.steps_done as u64, steps)?;
+        self.steps_done += steps as usize;
+        self.opt.t += steps;
+        self.opt_critic.t += steps;
+        Ok(r.value().clone())
     }
 
     /// One step of the critic on z ~ q̃ for the batch x; returns its loss (device scalar).

@@ -714,6 +714,9 @@ impl<'g> FusedMvl<'g> {
                 "this fused step was built without an optimiser: it evaluates only".into(),
             ));
         }
+        if self.gpu.is_recording() {
+            return Err(crate::gpu::fused_inside());
+        }
         let mut step = self.train_params(data, opt, seg)?;
         step.flags = mode.flags();
         self.check_model(model)?;

@@ -20,6 +20,7 @@ mod ops;
 mod optim_all;
 pub mod pool;
 mod replay;
+pub(crate) use replay::fused_inside;
 
 pub use launch::{CustomBindings, CustomKernel, CustomLayout};
 pub use pool::{Index, Tensor};

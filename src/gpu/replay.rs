@@ -196,9 +196,7 @@ impl Gpu {
             ));
         }
         if list.iter().any(|d| matches!(d.bind, Bind::Prebuilt(_))) {
-            return Err(Error::Invalid(
-                "a fused MVL step cannot be part of a recorded step: it keeps its own step counter and already runs many steps per submission; record the tape's steps only".into(),
-            ));
+            return Err(fused_inside());
         }
         let mut list = super::fuse::fuse(self, list)?;
         list.push(Dispatch {
@@ -238,6 +236,14 @@ impl Gpu {
             value,
         })
     }
+}
+
+/// The refusal of a fused MVL step inside a recording (which the fused step also gives before
+/// touching the device).
+pub(crate) fn fused_inside() -> Error {
+    Error::Invalid(
+        "a fused MVL step cannot be part of a recorded step: it keeps its own step counter and already runs many steps per submission; record the tape's steps only".into(),
+    )
 }
 
 /// Adam's rule code (`shaders/optim_lib.wgsl`).
