@@ -37,6 +37,7 @@ fn data(r: &mut Pcg64, n: usize, scale: f64) -> Vec<f32> {
 /// A small regression: tanh(x W₁ + b₁) W₂ against y on a fixed batch of 32 rows, with an
 /// optional noise draw (seed, stream) added to the residual.
 struct Problem {
+    g: &'static Gpu,
     x: Tensor,
     y: Tensor,
     params: Vec<Tensor>,
@@ -44,10 +45,14 @@ struct Problem {
 
 impl Problem {
     fn new(seed: u64) -> Problem {
-        let g = gpu();
+        Problem::on(gpu(), seed)
+    }
+
+    fn on(g: &'static Gpu, seed: u64) -> Problem {
         let mut r = Pcg64::seed_from_u64(seed);
         let up = |r: &mut Pcg64, rows, cols, s| g.upload(rows, cols, &data(r, rows * cols, s));
         Problem {
+            g,
             x: up(&mut r, 32, 8, 1.0).unwrap(),
             y: up(&mut r, 32, 1, 1.0).unwrap(),
             params: vec![
@@ -60,7 +65,7 @@ impl Problem {
 
     /// One step on the tape (records kernels): returns the loss tensor.
     fn step(&self, opt: &mut Optimizer, noise: Option<(u64, u64)>) -> Result<Tensor> {
-        let g = gpu();
+        let g = self.g;
         let tape = Tape::new(g);
         let leaves: Vec<_> = self.params.iter().map(|p| tape.leaf(p.clone())).collect();
         let x = tape.leaf(self.x.clone());
@@ -79,14 +84,43 @@ impl Problem {
     }
 
     fn read(&self) -> Vec<Vec<f32>> {
-        self.params.iter().map(|p| gpu().read(p).unwrap()).collect()
+        self.params
+            .iter()
+            .map(|p| self.g.read(p).unwrap())
+            .collect()
     }
 }
 
 #[test]
 fn replayed_steps_equal_steps_built_on_the_tape() {
     let _one = serial();
-    let g = gpu();
+    let n = replay_equals_built(gpu());
+    assert!(
+        n.iter().all(|&k| k == n[0]),
+        "one kernel per tensor throughout: {n:?}"
+    );
+}
+
+/// The GPU kernel family (tiled products, one optimiser dispatch for all tensors, which a
+/// recording keeps for RMSProp), run here on lavapipe.
+#[test]
+fn replayed_steps_equal_built_ones_on_the_gpu_kernel_family() {
+    static G: OnceLock<Gpu> = OnceLock::new();
+    let g = G.get_or_init(|| Gpu::with_barrier_free(false).expect("a GPU adapter"));
+    let _one = serial();
+    let n = replay_equals_built(g);
+    // RMSProp keeps the one optimiser dispatch for the three tensors; Adam (and a moving
+    // rate) in a recording updates tensor by tensor, from the counter.
+    assert_eq!(
+        (n[1], n[2]),
+        (n[0] + 2, n[0] + 2),
+        "dispatches per step {n:?}"
+    );
+}
+
+/// Checks the rules, returns the dispatches per replayed step of each.
+fn replay_equals_built(g: &'static Gpu) -> Vec<usize> {
+    let mut dispatches = Vec::new();
     let adam = Rule::Adam {
         beta1: 0.9,
         beta2: 0.999,
@@ -99,7 +133,7 @@ fn replayed_steps_equal_steps_built_on_the_tape() {
         (Rule::RMSPROP_TF, -1e-3),
     ] {
         // Seven steps built on the tape, one submission each, the rate set before each.
-        let built = Problem::new(3);
+        let built = Problem::on(g, 3);
         let mut opt = Optimizer::new(g, rule, 1e-2, &built.params).unwrap();
         for k in 0..7 {
             opt.lr = 1e-2 + slope * k as f32;
@@ -107,7 +141,7 @@ fn replayed_steps_equal_steps_built_on_the_tape() {
         }
         let want = built.read();
         // The same from the same start: recorded once, replayed 3 + 4 times.
-        let replayed = Problem::new(3);
+        let replayed = Problem::on(g, 3);
         let mut opt = Optimizer::new(g, rule, 1e-2, &replayed.params).unwrap();
         opt.lr_slope = slope;
         let rec = g.record_step(0, || replayed.step(&mut opt, None)).unwrap();
@@ -128,7 +162,7 @@ fn replayed_steps_equal_steps_built_on_the_tape() {
         assert_eq!(rec.replayed(), 7);
         let moved = (0..3)
             .map(|k| {
-                let start = Problem::new(3).read();
+                let start = Problem::on(g, 3).read();
                 want[k]
                     .iter()
                     .zip(&start[k])
@@ -165,7 +199,9 @@ fn replayed_steps_equal_steps_built_on_the_tape() {
         // the parameters before step 7, as the tape's seventh step computed it.
         let loss = g.read(&rec.value().clone()).unwrap()[0];
         assert!(loss.is_finite() && loss > 0.0);
+        dispatches.push(rec.dispatches());
     }
+    dispatches
 }
 
 #[test]
