@@ -338,7 +338,16 @@ fn host_work_inside_a_recorded_step_is_refused_and_nothing_runs() {
     assert!(invalid(g.record_step(0, || Ok(()))).contains("launched no kernels"));
     let m = invalid(g.record_step(0, || g.record_step(0, || g.copy_into(&x, &target))));
     assert!(m.contains("already recording"), "{m}");
-    // The device works as before.
+    // A build that panics leaves the thread not recording.
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        g.record_step(0, || -> Result<()> {
+            g.copy_into(&target, &x)?;
+            panic!("a build that panics")
+        })
+    }));
+    assert!(caught.is_err());
+    // The device works as before (and x was not overwritten: the copy above never ran).
+    assert_eq!(g.read(&x).unwrap(), vec![1.0; 8]);
     g.copy_into(&x, &target).unwrap();
     assert_eq!(g.read(&target).unwrap(), vec![1.0; 8]);
 }

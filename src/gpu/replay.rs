@@ -179,15 +179,11 @@ impl Gpu {
                 ctl: ctl.clone(),
                 draws: Vec::new(),
             });
+        // Taken out again however `build` ends (a panic included): the thread is not left
+        // recording.
+        let guard = Unrecord { gpu: self, me };
         let built = build();
-        let list = {
-            let mut all = self
-                .recording
-                .lock()
-                .map_err(|_| Error::Gpu("recording state poisoned".into()))?;
-            let at = all.iter().position(|r| r.thread == me);
-            at.map(|i| all.swap_remove(i).list).unwrap_or_default()
-        };
+        let list = guard.take();
         // A failed build leaves nothing behind: its dispatches are dropped unrun.
         let value = built?;
         if list.is_empty() {
@@ -235,6 +231,33 @@ impl Gpu {
             replayed: AtomicU64::new(0),
             value,
         })
+    }
+}
+
+/// Removes a thread's recorder when dropped (see [`Gpu::record_step`]).
+struct Unrecord<'a> {
+    gpu: &'a Gpu,
+    me: std::thread::ThreadId,
+}
+
+impl Unrecord<'_> {
+    /// The recorded dispatches, the recorder removed.
+    fn take(self) -> Vec<Dispatch> {
+        self.remove()
+    }
+
+    fn remove(&self) -> Vec<Dispatch> {
+        let Ok(mut all) = self.gpu.recording.lock() else {
+            return Vec::new();
+        };
+        let at = all.iter().position(|r| r.thread == self.me);
+        at.map(|i| all.swap_remove(i).list).unwrap_or_default()
+    }
+}
+
+impl Drop for Unrecord<'_> {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
 
