@@ -1,6 +1,8 @@
 //! Random numbers. On the device: counter-based Philox4x32-10, the same stream on the GPU
 //! (`shaders/philox.wgsl`) and here; a draw is named by (seed, stream): the same pair always
-//! gives the same numbers, on any device, in any order of draws. On the host: [`HostRng`],
+//! gives the same numbers, on any device, in any order of draws. Steps replayed from a
+//! recording (`gpu::Recording`) name their draws by (seed, place in the step, step) instead
+//! ([`DrawName::Replayed`]), so that the device can move them on from step to step. On the host: [`HostRng`],
 //! the one sequential generator (toy data, initial parameters, sampler chains, shuffles).
 
 use rand_core::{RngCore, SeedableRng};
