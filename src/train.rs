@@ -344,7 +344,8 @@ impl<'g> Trainer<'g> {
     pub fn record_step(&mut self) -> Result<Tensor> {
         let lr_slope = self.lr_slope();
         if let Some(f) = &mut self.fused {
-            // The same two draws as the tape path (minibatch rows, then noise), from the
+            // The same two draws as a tape step built on its own (`record_step`; `run`
+            // replays a recorded one, whose draws follow the step number), from the
             // segment's stream at the device counter's step.
             let (t, stream) = (self.opt.t, self.rng.stream);
             let continues = f.segment.is_some_and(|(s, _)| {
