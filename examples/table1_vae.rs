@@ -177,11 +177,11 @@ fn run_cell(gpu: &Gpu, o: &Opts, cfg: &VaeConfig, train: &DeviceImages, test: &[
     };
     let before = held_out(&mut vae)?;
     let explicit = cfg.posterior == Posterior::Explicit;
-    let recorded = if (cfg.posterior, cfg.latent) == (Posterior::Explicit, Latent::Euclidean) {
-        let (b, seed) = (cfg.batch, cfg.seed ^ 0xba7c);
-        Some(vae.record_steps(|gpu| train.batch(gpu, b, seed, 0, true))?)
-    } else {
-        None
+    let (b, seed) = (cfg.batch, cfg.seed ^ 0xba7c);
+    let recorded = match vae.record_steps(|gpu| train.batch(gpu, b, seed, 0, true)) {
+        Ok(r) => Some(r),
+        Err(wmvl::Error::Invalid(_)) => None,
+        Err(e) => return Err(e.into()),
     };
     let (_, train_s) =
         common::train_cell(&name, vae.steps_done, o.steps, o.train_seconds, |cell| {
@@ -190,9 +190,9 @@ fn run_cell(gpu: &Gpu, o: &Opts, cfg: &VaeConfig, train: &DeviceImages, test: &[
                 Cell::Steps { done, count, log } => (done, count, log),
             };
             // Minibatches of training digits drawn and binarised afresh on the device.
-            // Explicit Gaussian cells replay one recorded step (batches and noise from the
-            // step number); the others build each step, on batches from (seed, step). Both
-            // only from the step, so that a resumed run sees the same batches.
+            // Cells whose step records (the explicit Gaussian ones) replay it, batches and
+            // noise from the step number; the others build each step, on batches from (seed,
+            // step). Both only from the step, so that a resumed run sees the same batches.
             let stats = match &recorded {
                 Some(r) => vae.replay(r, count as u32)?,
                 None => {

@@ -15,6 +15,14 @@ fn gpu() -> &'static Gpu {
     GPU.get_or_init(|| Gpu::new().unwrap_or_else(|e| panic!("cannot open a GPU adapter: {e}")))
 }
 
+/// Every parameter of the encoder, decoder and critic, in order.
+fn all_params(g: &Gpu, w: &Wae) -> Vec<f32> {
+    let mut p = w.encoder.params();
+    p.extend(w.decoder.params());
+    p.extend(w.critic.params());
+    p.iter().flat_map(|t| g.read(t).unwrap()).collect()
+}
+
 /// A small WAE on 16-pixel grey patterns (two prototypes plus noise), n_z = 3.
 fn tiny(latent: Latent, divergence: Divergence, lambda: f32) -> WaeConfig {
     let mut c = WaeConfig::paper(latent, divergence);
@@ -112,14 +120,7 @@ fn every_wae_variant_learns_and_resumes_exactly_from_its_checkpoint() {
                 wae.record_step(b).unwrap();
                 back.record_step(b).unwrap();
             }
-            let params = |w: &Wae| {
-                let mut p = w.encoder.params();
-                p.extend(w.decoder.params());
-                p.extend(w.critic.params());
-                p.iter()
-                    .flat_map(|t| g.read(t).unwrap())
-                    .collect::<Vec<f32>>()
-            };
+            let params = |w: &Wae| all_params(g, w);
             let (a, b) = (params(&wae), params(&back));
             assert_eq!(a.len(), b.len());
             let worst = a
@@ -206,14 +207,7 @@ fn recorded_wae_steps_replay_in_any_chunks_and_mvl_cells_on_the_fused_kernels_re
         pixels: 16,
     };
     let cfg = tiny(Latent::Euclidean, Divergence::Gan, 10.0);
-    let params = |w: &Wae| {
-        let mut p = w.encoder.params();
-        p.extend(w.decoder.params());
-        p.extend(w.critic.params());
-        p.iter()
-            .flat_map(|t| g.read(t).unwrap())
-            .collect::<Vec<f32>>()
-    };
+    let params = |w: &Wae| all_params(g, w);
     let train = |chunks: &[u32]| {
         let mut w = Wae::new(g, cfg.clone()).unwrap();
         let start = params(&w);

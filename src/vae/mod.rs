@@ -90,9 +90,13 @@ pub struct Vae<'g> {
     energy_fused: GivenCache<'g>,
 }
 
-/// A VAE training step recorded once and replayed ([`Vae::record_steps`]).
+/// An auto-encoder's training step recorded once and replayed ([`Vae::record_steps`],
+/// [`crate::wae::Wae::record_steps`]).
 pub struct RecordedSteps {
-    rec: Recording<[Tensor; 3]>,
+    pub(crate) rec: Recording<[Tensor; 3]>,
+    /// Device draws the step takes from the model's stream counter: replays move the counter
+    /// on by as many per step, so that a step built after them draws fresh streams.
+    pub(crate) draws: u64,
 }
 
 impl RecordedSteps {
@@ -279,28 +283,27 @@ impl<'g> Vae<'g> {
 
     /// One training step recorded for replaying ([`Vae::replay`]), on the batch that `batch`
     /// makes on the device (e.g. [`crate::mnist::DeviceImages::batch`]): nothing runs, and the
-    /// model, optimiser and step count stay as they are. Explicit Gaussian cells only, refused
-    /// before any work for the others: the vMF sampler's rejection loop runs on the host, and
-    /// the implicit cells' energy step is the fused one, which keeps its own counter.
+    /// model, optimiser and step count stay as they are. Refused (`Error::Invalid`) before any
+    /// work where the step cannot be recorded: the vMF sampler's rejection loop needs the
+    /// host, and implicit cells train their energy on the fused step where it applies.
     pub fn record_steps(
         &mut self,
         batch: impl FnOnce(&'g Gpu) -> Result<Tensor>,
     ) -> Result<RecordedSteps> {
-        if (self.cfg.posterior, self.cfg.latent) != (Posterior::Explicit, Latent::Euclidean) {
-            return Err(Error::Invalid(format!(
-                "{}: only explicit Gaussian VAEs replay recorded steps (the vMF sampler needs the host, implicit encoders train their energy on the fused step); train this cell with record_step",
-                self.cfg.name()
-            )));
-        }
         let (t0, done, rng) = (self.opt.t, self.steps_done, self.rng.clone());
+        let t0_energy = self.opt_energy.as_ref().map(|o| o.t);
         let gpu = self.gpu;
         let rec = gpu.record_step(done as u64, || {
             let x = batch(gpu)?;
             self.record_step(&x)
         });
+        let draws = self.rng.stream - rng.stream;
         // The build ran nothing: its host counters go back.
         (self.opt.t, self.steps_done, self.rng) = (t0, done, rng);
-        Ok(RecordedSteps { rec: rec? })
+        if let (Some(o), Some(t)) = (self.opt_energy.as_mut(), t0_energy) {
+            o.t = t;
+        }
+        Ok(RecordedSteps { rec: rec?, draws })
     }
 
     /// `steps` training steps of a recording in one submission (does not wait): steps
@@ -311,6 +314,10 @@ impl<'g> Vae<'g> {
         r.rec.replay(self.gpu, self.steps_done as u64, steps)?;
         self.steps_done += steps as usize;
         self.opt.t += steps;
+        if let Some(o) = self.opt_energy.as_mut() {
+            o.t += steps;
+        }
+        self.rng.stream += r.draws * steps as u64;
         Ok(r.rec.value().clone())
     }
 
